@@ -1,0 +1,73 @@
+"""POST /buildAsync, /buildSync and /rebuild."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import store, validation
+from ..db import cursor
+from ..errors import ApiError, envelope, error_response
+from ..keys import CONFIG, POOL, QUEUE
+from ..submission import BuildRequest, submit
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+async def _parse(request: web.Request) -> BuildRequest:
+    body = await validation.json_body(request)
+    namespace, name = validation.full_name(body.get("full_name"))
+    clone_url = validation.clone_url(body.get("clone_url"), request.app[CONFIG].git)
+    versions = validation.build_versions(body.get("versions"))
+    notify = validation.boolean(body, "notify_email", default=True)
+    return BuildRequest(namespace, name, clone_url, versions, notify_email=notify)
+
+
+async def build_async(request: web.Request) -> web.Response:
+    queued = await submit(request.app, await _parse(request))
+    return envelope(queued, status=202)
+
+
+async def build_sync(request: web.Request) -> web.Response:
+    """Queue, then answer when every build (and any split off by release) has ended."""
+    queued = await submit(request.app, await _parse(request))
+    ids = [entry["build_id"] for entry in queued]
+    queue = request.app[QUEUE]
+    while True:
+        async with cursor(request.app[POOL]) as cur:
+            builds = await store.build_statuses(cur, ids)
+        if all(b["status"] in TERMINAL for b in builds):
+            break
+        await queue.wait_changed(timeout=1.0)
+    results = [_result(b) for b in builds]
+    failed = [r for r in results if not r["result"]]
+    if failed:
+        summary = "; ".join(f"{r['full_name']} {r['ref']} (Erlang {r['erl_version'] or '?'}): "
+                            f"{r['message']}" for r in failed)
+        return error_response(422, f"{len(failed)} of {len(results)} builds failed: {summary}",
+                              builds=results)
+    return envelope(results)
+
+
+def _result(build: dict[str, Any]) -> dict[str, Any]:
+    ok = build["status"] == "succeeded"
+    return {"build_id": build["id"], "full_name": f"{build['namespace']}/{build['name']}",
+            "ref": build["ref"], "erl_version": build["erl_version"], "result": ok,
+            "status": build["status"], "message": build["message"],
+            "artifact_path": f"/download/{build['id']}" if ok else None,
+            "log": f"/build_log?build_id={build['id']}"}
+
+
+async def rebuild(request: web.Request) -> web.Response:
+    body = await validation.json_body(request)
+    build_id = validation.build_id(body.get("build_id"))
+    async with cursor(request.app[POOL]) as cur:
+        build = await store.get_build(cur, build_id)
+    if build is None:
+        raise ApiError(404, f"No such build: {build_id}")
+    versions = [validation.VersionRequest(build["ref"], build["erl_version"])]
+    queued = await submit(request.app, BuildRequest(
+        build["namespace"], build["name"], build["clone_url"], versions,
+        notify_email=build["notify_email"], requested_by="rebuild"))
+    return envelope(queued, status=202)

@@ -1,0 +1,76 @@
+"""The application factory: routes, and the long-lived resources in cleanup contexts.
+
+Resources start in order (database, toolchain, queue and workers) and stop in reverse,
+so workers are done before the pool closes and the pool before the private cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from . import db, pgcluster, toolchains
+from .builder import Builder
+from .config import Config
+from .errors import error_middleware
+from .keys import BUILDER, CONFIG, POOL, QUEUE, TOOLCHAIN
+from .queue import BuildQueue
+from .routes import setup_routes
+from .sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.server.max_body_size,
+                          middlewares=[error_middleware])
+    app[CONFIG] = config
+    setup_routes(app)
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(toolchain)
+    app.cleanup_ctx.append(build_queue)
+    return app
+
+
+async def database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    cluster = None
+    dsn = config.database.dsn
+    if not dsn:
+        cluster = pgcluster.for_config(config.data_dir, config.database.cluster_user)
+        await asyncio.to_thread(cluster.ensure_started)
+        dsn = cluster.dsn
+    pool = await db.create_pool(dsn, config.database.pool_size)
+    try:
+        await db.migrate(pool)
+        app[POOL] = pool
+        yield
+    finally:
+        pool.close()
+        await pool.wait_closed()
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+
+
+async def toolchain(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    found = await asyncio.to_thread(toolchains.discover, config)
+    for problem in found.problems(config):
+        log.warning("cannot build: %s", problem)
+    app[TOOLCHAIN] = found
+    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found))
+    yield
+
+
+async def build_queue(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    queue = BuildQueue(app[POOL], app[BUILDER], config.worker_count)
+    await queue.start()
+    app[QUEUE] = queue
+    try:
+        yield
+    finally:
+        await queue.stop(config.server.shutdown_grace)

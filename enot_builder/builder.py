@@ -1,0 +1,424 @@
+"""One build: clone the tag, choose the Erlang release, run `enot package`, keep the result.
+
+The build's repository is hostile until proven otherwise: every command that touches
+its files runs in the sandbox, and the few files we read on the host side (its
+enot_config.json, its Makefile, the finished .ep) are opened without following
+symbolic links, so a link to a server file cannot smuggle that file out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote, urlsplit
+
+from . import process, validation
+from .buildlog import BuildLog
+from .config import Config
+from .sandbox import Sandbox, SandboxError
+from .toolchains import ErlangInstallation, Toolchain
+
+log = logging.getLogger(__name__)
+
+MAX_CONFIG_BYTES = 1024 * 1024
+ERLANG_MK_INCLUDE = re.compile(rb"^\s*-?include\s+\S*erlang\.mk\s*$", re.MULTILINE)
+MAKE_VARIABLE = re.compile(rb"^\s*(PROJECT|PROJECT_DESCRIPTION|PROJECT_VERSION)\s*[:?]?=\s*(.*?)\s*$",
+                           re.MULTILINE)
+
+
+class BuildFailure(Exception):
+    """The build failed for a reason the author should read (it goes to log and message)."""
+
+
+@dataclass
+class Outcome:
+    succeeded: bool
+    message: str
+    artifact_path: str | None = None
+    artifact_name: str | None = None
+    artifact_sha256: str | None = None
+    artifact_size: int | None = None
+
+
+@dataclass
+class BuildHooks:
+    """What a build reports back to the queue while it runs (all database writes)."""
+    log_opened: Callable[[str], Awaitable[None]]
+    source_known: Callable[[str, str | None], Awaitable[None]]
+    # Called when the request left the release to the package: gets the releases the
+    # package wants, returns the one this build takes (the others are queued).
+    releases_known: Callable[[list[str]], Awaitable[str]]
+
+
+class Builder:
+    def __init__(self, config: Config, toolchain: Toolchain, sandbox: Sandbox) -> None:
+        self.config = config
+        self.toolchain = toolchain
+        self.sandbox = sandbox
+        self.data_dir = config.data_dir
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def work_root(self) -> Path:
+        return self.data_dir / "work"
+
+    def log_path(self, build_id: str) -> Path:
+        return self.logs_dir / build_id[:2] / f"{build_id}.log"
+
+    def prepare_dirs(self) -> None:
+        """Create the data layout; work/ is emptied: nothing in it survives a restart."""
+        for directory in (self.artifacts_dir, self.logs_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        if self.work_root.exists():
+            remove_tree(self.work_root)
+        self.work_root.mkdir(parents=True)
+        # Builds run as an unprivileged user that must reach its own work directory.
+        for directory in (self.data_dir, self.work_root):
+            directory.chmod(directory.stat().st_mode | 0o711)
+
+    async def run(self, build: dict[str, Any], hooks: BuildHooks) -> Outcome:
+        build_id = str(build["id"])
+        deadline = time.monotonic() + self.config.builds.timeout
+        work_dir = self.work_root / build_id
+        log_path = self.log_path(build_id)
+        with BuildLog(log_path, self.config.builds.log_limit_mb * 1024 * 1024) as build_log:
+            await hooks.log_opened(str(log_path))
+            build_log.line(f"build {build_id} of {build['namespace']}/{build['name']} "
+                           f"{build['ref']} (attempt {build['attempt']}), sandbox: {self.sandbox.mode}")
+            try:
+                outcome = await self._run(build, hooks, work_dir, build_log, deadline)
+            except BuildFailure as e:
+                outcome = Outcome(False, str(e))
+            except SandboxError as e:
+                outcome = Outcome(False, f"the build sandbox is not usable: {e}")
+            except OSError as e:
+                log.exception("build %s failed on the server side", build_id)
+                outcome = Outcome(False, f"server error while building: {e.strerror or e}")
+            finally:
+                await asyncio.to_thread(remove_tree, work_dir)
+            build_log.line(("SUCCESS: " if outcome.succeeded else "FAILED: ") + outcome.message)
+        return outcome
+
+    async def _run(self, build: dict[str, Any], hooks: BuildHooks, work_dir: Path,
+                   build_log: BuildLog, deadline: float) -> Outcome:
+        remove_tree(work_dir)
+        self.sandbox.prepare_work_dir(work_dir)
+        root = self.sandbox.root_for(work_dir)
+        src_rel = f"src/{build['name']}"
+        src = work_dir / src_rel
+        (work_dir / "src").mkdir()
+        (work_dir / "home").mkdir()
+        self._hand_over(work_dir)
+
+        # 1. The tag, and nothing but the tag.
+        await self._clone(build, work_dir, root, src_rel, build_log, deadline)
+        sha, email = await self._source(work_dir, root, src_rel, build_log, deadline)
+        await hooks.source_known(sha, email)
+        build_log.line(f"commit {sha}" + (f" by {email}" if email else ""))
+
+        # 2. Which Erlang.
+        erl_version = build["erl_version"]
+        if erl_version is None:
+            wanted = package_erlang_versions(src) or [self._default_erlang()]
+            build_log.line(f"Erlang releases from the package or the default: {', '.join(wanted)}")
+            erl_version = await hooks.releases_known(wanted)
+        erlang = self.toolchain.erlangs.get(erl_version)
+        if erlang is None:
+            installed = ", ".join(sorted(self.toolchain.erlangs)) or "none"
+            raise BuildFailure(f"Erlang/OTP {erl_version} is not installed on this server "
+                               f"(installed: {installed})")
+
+        # 3. enot.
+        adapt_project(src, build["name"], build_log)
+        self._write_enot_config(work_dir, root, erl_version)
+        self._hand_over(work_dir)
+        build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
+        argv = [str(self.toolchain.enot), "package", "-l", "info"]
+        env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
+        step = await process.run(
+            self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
+                                 erlang=erlang),
+            build_log, deadline - time.monotonic())
+        if step.timed_out:
+            raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
+                               "and was stopped")
+        if step.returncode != 0:
+            raise BuildFailure(f"enot package failed (exit status {step.returncode}); "
+                               "see the build log")
+
+        # 4. Keep the artifact.
+        return await asyncio.to_thread(self._store_artifact, str(build["id"]), src)
+
+    async def _clone(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
+                     build_log: BuildLog, deadline: float) -> None:
+        url = build["clone_url"]
+        read_only: tuple[Path, ...] = ()
+        git_config = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
+                      "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always",
+                      "-c", "protocol.ssh.allow=always", "-c", "core.hooksPath=/dev/null",
+                      "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
+        if url.startswith("file://"):
+            # Only reachable when the operator allowed file:// (tests do).
+            local = Path(unquote(urlsplit(url).path))
+            read_only = (local,)
+            git_config += ["-c", "protocol.file.allow=always", "-c", f"safe.directory={local}",
+                           "-c", f"safe.directory={local}/.git"]
+        argv = ["git", *git_config, "clone", "--quiet", "--depth", "1", "--single-branch",
+                "--no-tags", "--branch", build["ref"], "--", url, src_rel]
+        env = {"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true",
+               "GIT_CONFIG_NOSYSTEM": "1", "GIT_LFS_SKIP_SMUDGE": "1"}
+        build_log.line(f"git clone --depth 1 --branch {build['ref']} {redact(url)}")
+        timeout = min(self.config.builds.clone_timeout, deadline - time.monotonic())
+        step = await process.run(
+            self.sandbox.command(argv, work_dir=work_dir, cwd=root, env=env, network=True,
+                                 read_only=read_only),
+            build_log, timeout)
+        if step.timed_out:
+            raise BuildFailure(f"git clone did not finish within {int(timeout)} s")
+        if step.returncode != 0:
+            text = step.output.decode(errors="replace")
+            if "Remote branch" in text and "not found" in text:
+                raise BuildFailure(f"tag {build['ref']!r} not found in {redact(url)}")
+            raise BuildFailure(f"git clone of {redact(url)} failed (exit status {step.returncode}); "
+                               "see the build log")
+        # --branch also takes branch names; we build tags only. The tag comes along
+        # with --branch, and we ask for it by its full name.
+        check = await process.run(
+            self.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", src_rel,
+                                  "rev-parse", "-q", "--verify",
+                                  f"refs/tags/{build['ref']}^{{commit}}"],
+                                 work_dir=work_dir, cwd=root, env=env, network=False),
+            None, 60)
+        if check.returncode != 0:
+            raise BuildFailure(f"{build['ref']!r} is a branch, not a tag, in {redact(url)}; "
+                               "only tags are built")
+
+    async def _source(self, work_dir: Path, root: str, src_rel: str, build_log: BuildLog,
+                      deadline: float) -> tuple[str, str | None]:
+        step = await process.run(
+            self.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", src_rel, "log",
+                                  "-1", "--format=%H%n%ae"],
+                                 work_dir=work_dir, cwd=root,
+                                 env={"HOME": f"{root}/home", "GIT_CONFIG_NOSYSTEM": "1"},
+                                 network=False),
+            None, min(60, deadline - time.monotonic()))
+        lines = step.output.decode(errors="replace").splitlines()
+        if step.returncode != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[0]):
+            raise BuildFailure("could not read the tagged commit")
+        email = lines[1].strip() if len(lines) > 1 else ""
+        return lines[0], (email if re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", email) else None)
+
+    def _default_erlang(self) -> str:
+        if self.toolchain.default_erlang is None:
+            raise BuildFailure("no Erlang release requested and no default configured")
+        return self.toolchain.default_erlang
+
+    def _write_enot_config(self, work_dir: Path, root: str, erl_version: str) -> None:
+        """enot's global config for this build: our cache, our compiler choice.
+
+        "compiler": "enot" makes enot compile every project with erlc itself, so rebar
+        and erlang.mk projects build too and enot never downloads rebar at build time.
+        """
+        conf_dir = work_dir / "home" / ".config" / "enot"
+        conf_dir.mkdir(parents=True)
+        config = {
+            "compiler": "enot",
+            "temp_dir": "/tmp/enot",
+            "default_erlang": erl_version,
+            "cache": [
+                {"name": "local", "type": "local", "url": f"file://{root}/home/.cache/enot"},
+                {"name": "enot-builder", "type": "enot", "url": self.config.public_url},
+            ],
+        }
+        (conf_dir / "global_config.json").write_text(json.dumps(config, indent=2))
+
+    def _hand_over(self, work_dir: Path) -> None:
+        """Give what we wrote into the work directory to the build user."""
+        user = self.sandbox.build_user()
+        if user is None:
+            return
+        for dirpath, dirnames, filenames in os.walk(work_dir):
+            for name in [*dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, name), user.uid, user.gid)
+
+    def _store_artifact(self, build_id: str, src: Path) -> Outcome:
+        candidates = [entry for entry in _scan(src) if entry.name.endswith(".ep")]
+        if not candidates:
+            raise BuildFailure("enot finished but produced no .ep package")
+        if len(candidates) > 1:
+            names = ", ".join(sorted(e.name for e in candidates))
+            raise BuildFailure(f"enot produced more than one package ({names})")
+        name = candidates[0].name
+        if not validation.NAME_PART.match(name[:-3]):
+            raise BuildFailure(f"the package file name {name!r} is not acceptable")
+        target_dir = self.artifacts_dir / build_id[:2] / build_id
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / name
+        temporary = target_dir / f".{name}.partial"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            source_fd = os.open(src / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise BuildFailure(f"{name} is a symbolic link; refusing it") from None
+            raise
+        with os.fdopen(source_fd, "rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise BuildFailure(f"{name} is not a regular file")
+            with open(temporary, "wb") as out:
+                while chunk := source.read(1024 * 1024):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, target)
+        _fsync_dir(target_dir)
+        return Outcome(True, f"built {name} ({size} bytes)", str(target), name,
+                       digest.hexdigest(), size)
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as it:
+            return [entry for entry in it if entry.is_file(follow_symlinks=False)
+                    or entry.is_symlink()]
+    except OSError:
+        return []
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_regular(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes | None:
+    """Read a file of the package without following links; None if absent or odd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(limit + 1)[:limit]
+
+
+def package_erlang_versions(src: Path) -> list[str]:
+    """The `erlang` list of the package's enot_config.json, the releases it asks for."""
+    raw = read_regular(src / "enot_config.json")
+    if raw is None:
+        return []
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    wanted = config.get("erlang") if isinstance(config, dict) else None
+    if not isinstance(wanted, list):
+        return []
+    releases = []
+    for item in wanted:
+        item = str(item) if isinstance(item, int) else item
+        if isinstance(item, str) and validation.ERL_VERSION.match(item) and item not in releases:
+            releases.append(item)
+    return releases
+
+
+def adapt_project(src: Path, repo_name: str, build_log: BuildLog) -> None:
+    """Let enot recognise an erlang.mk project that does not ship erlang.mk itself.
+
+    enot finds a project by enot_config.json, erlang.mk or rebar.config. An erlang.mk
+    project often carries only a Makefile that includes erlang.mk (downloaded at build
+    time). With our global "compiler": "enot" erlang.mk is never run, so an empty one
+    makes enot read the Makefile; and erlang.mk projects may have no .app.src, which we
+    write from the Makefile's PROJECT variables.
+    """
+    if any(_is_regular(src / name) for name in ("enot_config.json", "erlang.mk", "rebar.config")):
+        return
+    makefile = read_regular(src / "Makefile")
+    if makefile is None or not ERLANG_MK_INCLUDE.search(makefile):
+        return
+    if os.path.islink(src / "src") or not (src / "src").is_dir():
+        return
+    variables = {m.group(1).decode(): m.group(2).decode(errors="replace")
+                 for m in MAKE_VARIABLE.finditer(makefile)}
+    _create(src / "erlang.mk", b"# placeholder written by enot-builder; enot compiles with erlc\n")
+    build_log.line("erlang.mk project without erlang.mk: enot will compile it with erlc")
+    project = variables.get("PROJECT", repo_name)
+    if not validation.NAME_PART.match(project):
+        return
+    has_app_src = any(p.name.endswith(".app.src") for p in (src / "src").iterdir())
+    if not has_app_src:
+        version = variables.get("PROJECT_VERSION", "0.0.0").replace('"', "")
+        description = variables.get("PROJECT_DESCRIPTION", "").replace('"', "")
+        app_src = (f'{{application, \'{project}\', [\n  {{description, "{description}"}},\n'
+                   f'  {{vsn, "{version}"}},\n  {{registered, []}},\n'
+                   f'  {{applications, [kernel, stdlib]}},\n  {{env, []}}\n]}}.\n')
+        _create(src / "src" / f"{project}.app.src", app_src.encode())
+        build_log.line(f"wrote src/{project}.app.src from the Makefile's PROJECT variables")
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _create(path: Path, data: bytes) -> None:
+    """Create a new file; never follow or overwrite what the package put there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs: without any user or password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a work tree, even one a build made unwritable."""
+    def fix_and_retry(func: Callable[..., Any], target: str, _exc: object) -> None:
+        try:
+            parent = os.path.dirname(target)
+            os.chmod(parent, 0o700)
+            if not os.path.islink(target) and os.path.isdir(target):
+                os.chmod(target, 0o700)
+            func(target)
+        except OSError:
+            log.warning("cannot remove %s", target)
+
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path, onerror=fix_and_retry)

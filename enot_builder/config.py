@@ -1,0 +1,218 @@
+"""Settings: defaults, then a TOML file, then ENOT_BUILDER_<SECTION>_<KEY> variables.
+
+Every key is documented in README.md; a test keeps that table and these dataclasses
+in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "ENOT_BUILDER_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Base of the links in mails and pages; empty means http://host:port.
+    public_url: str = ""
+    max_body_size: int = 1024 * 1024
+    # Seconds running builds get to finish on SIGTERM before they are requeued.
+    shutdown_grace: int = 20
+
+
+@dataclass
+class StorageConfig:
+    # Holds artifacts/, logs/, work/, erts/ and, without a DSN, the private cluster pg/.
+    data_dir: str = "data"
+
+
+@dataclass
+class DatabaseConfig:
+    # Empty: the server runs a private PostgreSQL cluster under data_dir/pg.
+    dsn: str = ""
+    # The unprivileged user that owns the private cluster when the server runs as root
+    # (initdb refuses root).
+    cluster_user: str = "enot-builder"
+    pool_size: int = 10
+
+
+@dataclass
+class BuildsConfig:
+    # 0 means one worker per core.
+    workers: int = 0
+    # Wall-clock seconds for one build (clone plus every enot step).
+    timeout: int = 1800
+    clone_timeout: int = 300
+    # Erlang release used when neither the request nor enot_config.json names one;
+    # empty means the release of the first installation found.
+    default_erlang: str = ""
+    # Where the Erlang/OTP installations are: release -> installation directory.
+    # The system `erl` is always looked at too.
+    erlang_installations: dict[str, str] = field(default_factory=dict)
+    # Path to the enot executable; empty looks in .venv-enot/bin, then PATH.
+    enot: str = ""
+    # The sandbox: "bwrap" (bubblewrap) or "none" (only with allow_unsandboxed).
+    sandbox: str = "bwrap"
+    allow_unsandboxed: bool = False
+    network: bool = True
+    memory_limit_mb: int = 2048
+    cpu_time: int = 1800
+    max_processes: int = 256
+    max_file_size_mb: int = 512
+    log_limit_mb: int = 16
+    # Unprivileged uid/gid builds run as, inside the sandbox, when the server is root.
+    build_user: str = "nobody"
+
+
+@dataclass
+class GitConfig:
+    allowed_schemes: list[str] = field(default_factory=lambda: ["https"])
+    allowed_hosts: list[str] = field(
+        default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org"]
+    )
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    builds: BuildsConfig = field(default_factory=BuildsConfig)
+    git: GitConfig = field(default_factory=GitConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir).resolve()
+
+    @property
+    def public_url(self) -> str:
+        url = self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+        return url.rstrip("/")
+
+    @property
+    def worker_count(self) -> int:
+        return self.builds.workers or os.cpu_count() or 1
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Defaults, overlaid by the TOML file at `path`, overlaid by the environment."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    config = Config()
+    for section_name, values in raw.items():
+        section = _section(config, section_name)
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section_name}] must be a table")
+        for key, value in values.items():
+            _set(section, section_name, key, value, from_env=False)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        for section_name in SECTIONS:
+            if rest.startswith(section_name + "_"):
+                key = rest[len(section_name) + 1:]
+                _set(getattr(config, section_name), section_name, key, value, from_env=True)
+                break
+        else:
+            raise ConfigError(f"{name}: no such configuration section")
+    validate(config)
+    return config
+
+
+def _section(config: Config, name: str) -> Any:
+    if name not in SECTIONS:
+        raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
+    return getattr(config, name)
+
+
+def _set(section: Any, section_name: str, key: str, value: Any, from_env: bool) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    where = f"{ENV_PREFIX}{section_name.upper()}_{key.upper()}" if from_env else f"[{section_name}] {key}"
+    if key not in fields:
+        raise ConfigError(f"{where}: unknown key")
+    current = getattr(section, key)
+    try:
+        setattr(section, key, _coerce(current, value, from_env))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _coerce(current: Any, value: Any, from_env: bool) -> Any:
+    """Convert `value` to the type of the default; environment values are strings."""
+    if isinstance(current, bool):
+        if from_env:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected a boolean, got {value!r}")
+        if not isinstance(value, bool):
+            raise TypeError(f"expected a boolean, got {value!r}")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    if isinstance(current, list):
+        if from_env:
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {value!r}")
+        return value
+    if isinstance(current, dict):
+        if from_env:
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected release=path pairs separated by commas")
+            return {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise TypeError(f"expected a table of strings, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    raise TypeError(f"unsupported setting type {type(current).__name__}")
+
+
+def validate(config: Config) -> None:
+    if not 0 < config.server.port < 65536:
+        raise ConfigError("[server] port must be between 1 and 65535")
+    if config.builds.workers < 0:
+        raise ConfigError("[builds] workers must be 0 (one per core) or more")
+    if config.builds.sandbox not in ("bwrap", "none"):
+        raise ConfigError('[builds] sandbox must be "bwrap" or "none"')
+    if config.builds.sandbox == "none" and not config.builds.allow_unsandboxed:
+        raise ConfigError('[builds] sandbox = "none" needs allow_unsandboxed = true')
+    for key in ("timeout", "clone_timeout", "memory_limit_mb", "cpu_time", "max_processes",
+                "max_file_size_mb", "log_limit_mb"):
+        if getattr(config.builds, key) <= 0:
+            raise ConfigError(f"[builds] {key} must be positive")
+    for scheme in config.git.allowed_schemes:
+        if scheme not in ("https", "http", "git", "ssh", "file"):
+            raise ConfigError(f"[git] allowed_schemes: {scheme!r} is not a git transport we allow")

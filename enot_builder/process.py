@@ -1,0 +1,93 @@
+"""Running one build step as a subprocess: output to the build log, bounded in time.
+
+Stopping a step is terminate, a grace period, kill, wait. The step runs in a session
+of its own so the whole group can be signalled; inside the sandbox the PID namespace
+takes every descendant down with it as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from .buildlog import BuildLog
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE = 5.0
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class StepResult:
+    returncode: int | None  # None when it was stopped for running too long
+    timed_out: bool
+    seconds: float
+    output: bytes  # the first bytes of output, for messages (the log has it all)
+
+
+async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
+              capture: int = 4096) -> StepResult:
+    """Run argv with stdin from /dev/null; stdout and stderr go to the log."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True, cwd="/")
+    captured = bytearray()
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        while True:
+            chunk = await proc.stdout.read(READ_SIZE)
+            if not chunk:
+                return
+            if len(captured) < capture:
+                captured.extend(chunk[:capture - len(captured)])
+            if log_to is not None:
+                log_to.write(chunk)
+
+    reader = asyncio.create_task(pump())
+    timed_out = False
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=max(timeout, 0.1))
+    except TimeoutError:
+        timed_out = True
+        await stop(proc)
+    except BaseException:
+        await asyncio.shield(stop(proc))
+        reader.cancel()
+        raise
+    # A descendant that escaped the process group could hold the pipe open: give the
+    # reader a moment, then stop waiting for it.
+    try:
+        await asyncio.wait_for(reader, timeout=2.0)
+    except TimeoutError:
+        _signal_group(proc.pid, signal.SIGKILL)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return StepResult(None if timed_out else proc.returncode, timed_out,
+                      time.monotonic() - started, bytes(captured))
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the step's process group, wait KILL_GRACE, then SIGKILL, then reap."""
+    if proc.returncode is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=KILL_GRACE)
+        except TimeoutError:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        await proc.wait()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,179 @@
+"""The build queue: the database holds it, an asyncio.Queue wakes the workers.
+
+A worker claims the next queued row with FOR UPDATE SKIP LOCKED, builds it, and
+records the outcome. At start-up, builds a dead process left running go back to the
+queue; on shutdown, running builds get a grace period, then are stopped and requeued.
+Nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import aiopg
+import psycopg2
+
+from . import store
+from .builder import BuildHooks, Builder, Outcome
+from .db import cursor
+
+log = logging.getLogger(__name__)
+
+# Workers also look at the table this often, for builds queued by another process.
+POLL_SECONDS = 5.0
+DB_RETRY_SECONDS = 2.0
+
+
+class BuildQueue:
+    def __init__(self, pool: aiopg.Pool, builder: Builder, workers: int) -> None:
+        self.pool = pool
+        self.builder = builder
+        self.worker_count = workers
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._wake: asyncio.Queue[None] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._stopping = False
+        self._changed = asyncio.Event()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping
+
+    @property
+    def running(self) -> list[str]:
+        return list(self._running)
+
+    async def start(self) -> None:
+        async with cursor(self.pool) as cur:
+            orphans = await store.running_builds(cur)
+            for build_id in orphans:
+                await store.requeue_build(cur, build_id)
+        if orphans:
+            log.warning("requeued %d build(s) left running by a previous process", len(orphans))
+        self.builder.prepare_dirs()
+        for i in range(self.worker_count):
+            self._workers.append(asyncio.create_task(self._work(i), name=f"build-worker-{i}"))
+        self.wake(self.worker_count)
+
+    def wake(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._wake.put_nowait(None)
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Return when some build finished, or after `timeout` seconds."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking work; give running builds `grace` seconds; requeue the rest."""
+        self._stopping = True
+        self.wake(len(self._workers))
+        if self._running:
+            log.info("waiting up to %.0f s for %d running build(s)", grace, len(self._running))
+            await asyncio.wait(list(self._running.values()), timeout=grace)
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+
+    async def _work(self, index: int) -> None:
+        worker = f"{self.name}/{index}"
+        while not self._stopping:
+            try:
+                async with cursor(self.pool) as cur:
+                    build = await store.claim_build(cur, worker)
+            except (psycopg2.Error, OSError) as e:
+                log.warning("worker %s cannot claim builds: %s", worker, e)
+                await asyncio.sleep(DB_RETRY_SECONDS)
+                continue
+            if build is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.get(), POLL_SECONDS)
+                continue
+            await self._build(build)
+
+    async def _build(self, build: dict[str, Any]) -> None:
+        build_id = str(build["id"])
+        log.info("building %s: %s/%s %s erl=%s", build_id, build["namespace"], build["name"],
+                 build["ref"], build["erl_version"] or "(from package)")
+        task = asyncio.create_task(self.builder.run(build, self._hooks(build)))
+        self._running[build_id] = task
+        try:
+            outcome = await task
+        except asyncio.CancelledError:
+            # Shutdown after the grace period: the cancellation reached the build too,
+            # which stops its subprocess; let it clean up, then put it back in the queue.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await asyncio.shield(self._requeue(build_id))
+            raise
+        finally:
+            self._running.pop(build_id, None)
+        await self._finish(build_id, outcome)
+
+    async def _requeue(self, build_id: str) -> None:
+        try:
+            async with cursor(self.pool) as cur:
+                await store.requeue_build(cur, build_id)
+            log.info("build %s interrupted by shutdown and requeued", build_id)
+        except psycopg2.Error as e:
+            # It stays 'running'; the next start-up requeues it.
+            log.error("cannot requeue build %s: %s", build_id, e)
+
+    async def _finish(self, build_id: str, outcome: Outcome) -> None:
+        for attempt in range(30):
+            try:
+                async with cursor(self.pool) as cur:
+                    await store.finish_build(
+                        cur, build_id, succeeded=outcome.succeeded, message=outcome.message,
+                        artifact_path=outcome.artifact_path, artifact_name=outcome.artifact_name,
+                        artifact_sha256=outcome.artifact_sha256,
+                        artifact_size=outcome.artifact_size)
+                break
+            except psycopg2.Error as e:
+                log.warning("cannot record the result of build %s (try %d): %s",
+                            build_id, attempt + 1, e)
+                await asyncio.sleep(DB_RETRY_SECONDS)
+        log.info("build %s %s: %s", build_id, "succeeded" if outcome.succeeded else "failed",
+                 outcome.message)
+        self._announce()
+
+    def _hooks(self, build: dict[str, Any]) -> BuildHooks:
+        build_id = str(build["id"])
+
+        async def log_opened(path: str) -> None:
+            async with cursor(self.pool) as cur:
+                await store.set_build_log(cur, build_id, path)
+
+        async def source_known(sha: str, email: str | None) -> None:
+            async with cursor(self.pool) as cur:
+                await store.set_build_source(cur, build_id, sha, email)
+
+        async def releases_known(releases: list[str]) -> str:
+            first, rest = releases[0], releases[1:]
+            async with cursor(self.pool) as cur:
+                await store.set_build_erl_version(cur, build_id, first)
+                for release in rest:
+                    await store.enqueue_build(
+                        cur, repository_id=build["repository_id"], ref=build["ref"],
+                        erl_version=release, priority=build["priority"],
+                        requested_by=build["requested_by"], notify_email=build["notify_email"],
+                        parent_id=build_id)
+            self.wake(len(rest))
+            return first
+
+        return BuildHooks(log_opened, source_known, releases_known)

@@ -1,0 +1,366 @@
+"""Every SQL statement of the server: named functions over an aiopg cursor.
+
+Parameters are always bound, never formatted into the text. Listings read the
+per-version build pointers in package_versions, so their cost follows the size of
+the answer, not the number of builds ever made.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import aiopg
+
+Row = dict[str, Any]
+
+# A build as the worker and the handlers see it: the row plus its repository.
+_BUILD_COLUMNS = """
+    b.id, b.repository_id, b.ref, b.erl_version, b.package_version_id, b.parent_id,
+    b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
+    b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
+    b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
+    b.worker, r.namespace, r.name, r.clone_url
+"""
+
+# The protocol's package-build document, built where the data is.
+_PACKAGE_BUILD_JSON = """
+    json_build_object(
+        'build_id', b.id,
+        'namespace', r.namespace,
+        'name', r.name,
+        'success', b.status = 'succeeded',
+        'path', CASE WHEN b.status = 'succeeded' THEN '/download/' || b.id
+                     ELSE '/build_log?build_id=' || b.id END,
+        'build_date', b.finished_at,
+        'version', b.ref,
+        'erl_version', b.erl_version
+    )
+"""
+
+# Version filters `[{"ref"?, "erl_version"?}]`: a version matches when it matches any
+# one of them; NULL means no filter at all.
+_VERSION_FILTER = """
+    (%(filters)s::jsonb IS NULL OR EXISTS (
+        SELECT 1 FROM jsonb_to_recordset(%(filters)s::jsonb) AS f(ref text, erl_version text)
+        WHERE (f.ref IS NULL OR f.ref = pv.ref)
+          AND (f.erl_version IS NULL OR f.erl_version = pv.erl_version)))
+"""
+
+
+def _filters(versions: Sequence[dict[str, str]] | None) -> str | None:
+    return None if versions is None else json.dumps(list(versions))
+
+
+# --- repositories -----------------------------------------------------------------
+
+async def bind_repository(cur: aiopg.Cursor, namespace: str, name: str, clone_url: str,
+                          authoritative: bool) -> Row:
+    """Create the repository, or return the existing one.
+
+    An authoritative caller (a verified webhook) rebinds the clone URL; anybody else
+    gets the row as it is and must compare the URL themselves.
+    """
+    await cur.execute(
+        """
+        INSERT INTO repositories (namespace, name, clone_url)
+        VALUES (%(namespace)s, %(name)s, %(clone_url)s)
+        ON CONFLICT (namespace, name) DO UPDATE
+            SET clone_url = CASE WHEN %(authoritative)s THEN EXCLUDED.clone_url
+                                 ELSE repositories.clone_url END,
+                updated_at = CASE WHEN %(authoritative)s
+                                   AND repositories.clone_url <> EXCLUDED.clone_url
+                                  THEN now() ELSE repositories.updated_at END
+        RETURNING id, namespace, name, clone_url
+        """,
+        {"namespace": namespace, "name": name, "clone_url": clone_url,
+         "authoritative": authoritative},
+    )
+    return await cur.fetchone()
+
+
+async def find_repository(cur: aiopg.Cursor, namespace: str, name: str) -> Row | None:
+    await cur.execute(
+        "SELECT id, namespace, name, clone_url FROM repositories"
+        " WHERE namespace = %(namespace)s AND name = %(name)s",
+        {"namespace": namespace, "name": name},
+    )
+    return await cur.fetchone()
+
+
+# --- the queue --------------------------------------------------------------------
+
+async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
+                        erl_version: str | None, priority: int = 0, requested_by: str = "api",
+                        notify_email: bool = False, parent_id: str | None = None) -> Row:
+    """Queue a build, or join the identical one already queued. Returns id and inserted."""
+    await cur.execute(
+        """
+        INSERT INTO builds (repository_id, ref, erl_version, priority, requested_by,
+                            notify_email, parent_id)
+        VALUES (%(repository_id)s, %(ref)s, %(erl_version)s, %(priority)s, %(requested_by)s,
+                %(notify_email)s, %(parent_id)s)
+        ON CONFLICT (repository_id, ref, coalesce(erl_version, '')) WHERE status = 'queued'
+        DO UPDATE SET priority = greatest(builds.priority, EXCLUDED.priority),
+                      notify_email = builds.notify_email OR EXCLUDED.notify_email
+        RETURNING id::text AS id, (xmax = 0) AS inserted
+        """,
+        {"repository_id": repository_id, "ref": ref, "erl_version": erl_version,
+         "priority": priority, "requested_by": requested_by, "notify_email": notify_email,
+         "parent_id": parent_id},
+    )
+    return await cur.fetchone()
+
+
+async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
+    """Take the next queued build; concurrent claimers skip each other's rows."""
+    await cur.execute(
+        f"""
+        WITH claimed AS (
+            UPDATE builds SET status = 'running', started_at = now(), finished_at = NULL,
+                              attempt = attempt + 1, worker = %(worker)s
+            WHERE id = (SELECT id FROM builds WHERE status = 'queued'
+                        ORDER BY priority DESC, created_at
+                        LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING *
+        )
+        SELECT {_BUILD_COLUMNS} FROM claimed b JOIN repositories r ON r.id = b.repository_id
+        """,
+        {"worker": worker},
+    )
+    return await cur.fetchone()
+
+
+async def running_builds(cur: aiopg.Cursor) -> list[str]:
+    await cur.execute("SELECT id::text AS id FROM builds WHERE status = 'running'"
+                      " ORDER BY started_at")
+    return [row["id"] for row in await cur.fetchall()]
+
+
+async def requeue_build(cur: aiopg.Cursor, build_id: str) -> None:
+    """An interrupted build goes back to the queue to run again.
+
+    When an identical build was queued meanwhile (one queued copy is allowed), this
+    one is cancelled instead and the queued one does the work.
+    """
+    await cur.execute(
+        """
+        UPDATE builds b SET
+            status = CASE WHEN dup.id IS NULL THEN 'queued' ELSE 'cancelled' END::build_status,
+            started_at = CASE WHEN dup.id IS NULL THEN NULL ELSE b.started_at END,
+            finished_at = CASE WHEN dup.id IS NULL THEN NULL ELSE now() END,
+            message = CASE WHEN dup.id IS NULL THEN b.message
+                           ELSE 'superseded by the identical queued build ' || dup.id END,
+            worker = NULL
+        FROM (SELECT %(id)s::uuid AS id) me
+        LEFT JOIN builds self ON self.id = me.id
+        LEFT JOIN builds dup ON dup.status = 'queued' AND dup.repository_id = self.repository_id
+             AND dup.ref = self.ref
+             AND coalesce(dup.erl_version, '') = coalesce(self.erl_version, '')
+        WHERE b.id = me.id AND b.status = 'running'
+        """,
+        {"id": build_id},
+    )
+
+
+async def set_build_erl_version(cur: aiopg.Cursor, build_id: str, erl_version: str) -> None:
+    await cur.execute("UPDATE builds SET erl_version = %(erl)s WHERE id = %(id)s",
+                      {"id": build_id, "erl": erl_version})
+
+
+async def set_build_source(cur: aiopg.Cursor, build_id: str, commit_sha: str,
+                           author_email: str | None) -> None:
+    await cur.execute(
+        "UPDATE builds SET commit_sha = %(sha)s, author_email = %(email)s WHERE id = %(id)s",
+        {"id": build_id, "sha": commit_sha, "email": author_email},
+    )
+
+
+async def set_build_log(cur: aiopg.Cursor, build_id: str, log_path: str) -> None:
+    await cur.execute("UPDATE builds SET log_path = %(path)s WHERE id = %(id)s",
+                      {"id": build_id, "path": log_path})
+
+
+async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, message: str,
+                       artifact_path: str | None = None, artifact_name: str | None = None,
+                       artifact_sha256: str | None = None,
+                       artifact_size: int | None = None) -> None:
+    """Record the result and move the version's build pointers, in one transaction."""
+    params = {"id": build_id, "status": "succeeded" if succeeded else "failed",
+              "message": message, "artifact_path": artifact_path,
+              "artifact_name": artifact_name, "artifact_sha256": artifact_sha256,
+              "artifact_size": artifact_size}
+    async with cur.begin():
+        await cur.execute(
+            """
+            UPDATE builds SET status = %(status)s::build_status, message = %(message)s,
+                   finished_at = now(), artifact_path = %(artifact_path)s,
+                   artifact_name = %(artifact_name)s, artifact_sha256 = %(artifact_sha256)s,
+                   artifact_size = %(artifact_size)s
+            WHERE id = %(id)s AND status = 'running'
+            RETURNING repository_id, ref, erl_version
+            """,
+            params,
+        )
+        row = await cur.fetchone()
+        if row is None or row["erl_version"] is None:
+            return  # requeued or cancelled meanwhile, or failed before a release was known
+        await cur.execute(
+            """
+            INSERT INTO package_versions AS pv (repository_id, ref, erl_version, last_build_id,
+                                                success_build_id, success_at)
+            VALUES (%(repository_id)s, %(ref)s, %(erl_version)s, %(id)s,
+                    CASE WHEN %(succeeded)s THEN %(id)s::uuid END,
+                    CASE WHEN %(succeeded)s THEN now() END)
+            ON CONFLICT (repository_id, ref, erl_version) DO UPDATE
+                SET last_build_id = EXCLUDED.last_build_id,
+                    success_build_id = coalesce(EXCLUDED.success_build_id, pv.success_build_id),
+                    success_at = coalesce(EXCLUDED.success_at, pv.success_at)
+            RETURNING id
+            """,
+            {**row, "id": build_id, "succeeded": succeeded},
+        )
+        version = await cur.fetchone()
+        await cur.execute("UPDATE builds SET package_version_id = %(pv)s WHERE id = %(id)s",
+                          {"pv": version["id"], "id": build_id})
+
+
+# --- reading builds ---------------------------------------------------------------
+
+async def get_build(cur: aiopg.Cursor, build_id: str) -> Row | None:
+    await cur.execute(
+        f"SELECT {_BUILD_COLUMNS} FROM builds b JOIN repositories r ON r.id = b.repository_id"
+        " WHERE b.id = %(id)s",
+        {"id": build_id},
+    )
+    return await cur.fetchone()
+
+
+async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Row]:
+    """The builds named and every build split off from them, with their outcome."""
+    await cur.execute(
+        """
+        SELECT b.id::text AS id, b.status::text AS status, b.ref, b.erl_version, b.message,
+               r.namespace, r.name
+        FROM builds b JOIN repositories r ON r.id = b.repository_id
+        WHERE b.id = ANY(%(ids)s::uuid[]) OR b.parent_id = ANY(%(ids)s::uuid[])
+        ORDER BY b.created_at
+        """,
+        {"ids": list(build_ids)},
+    )
+    return await cur.fetchall()
+
+
+async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version: str | None,
+                 erl_version: str | None, limit: int) -> list[Any]:
+    """The latest finished build of each matching version, newest first."""
+    await cur.execute(
+        f"""
+        SELECT {_PACKAGE_BUILD_JSON} AS doc
+        FROM repositories r
+        JOIN package_versions pv ON pv.repository_id = r.id
+        JOIN builds b ON b.id = pv.last_build_id
+        WHERE r.name = %(name)s
+          AND (%(namespace)s::text IS NULL OR r.namespace = %(namespace)s)
+          AND (%(version)s::text IS NULL OR pv.ref = %(version)s)
+          AND (%(erl_version)s::text IS NULL OR pv.erl_version = %(erl_version)s)
+        ORDER BY b.finished_at DESC
+        LIMIT %(limit)s
+        """,
+        {"name": name, "namespace": namespace, "version": version,
+         "erl_version": erl_version, "limit": limit},
+    )
+    return [row["doc"] for row in await cur.fetchall()]
+
+
+async def last_builds(cur: aiopg.Cursor, n: int) -> list[Any]:
+    """The n most recent successful package-builds, newest first."""
+    await cur.execute(
+        f"""
+        SELECT {_PACKAGE_BUILD_JSON} AS doc
+        FROM package_versions pv
+        JOIN repositories r ON r.id = pv.repository_id
+        JOIN builds b ON b.id = pv.success_build_id
+        WHERE pv.success_build_id IS NOT NULL
+        ORDER BY pv.success_at DESC
+        LIMIT %(n)s
+        """,
+        {"n": n},
+    )
+    return [row["doc"] for row in await cur.fetchall()]
+
+
+async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
+                            versions: Sequence[dict[str, str]] | None) -> list[Any]:
+    """/builds: the downloadable build of each matching version."""
+    await cur.execute(
+        f"""
+        SELECT json_build_object(
+            'build_id', b.id, 'result', true, 'message', b.message,
+            'artifact_path', '/download/' || b.id, 'created_date', b.finished_at,
+            'ref', pv.ref, 'erl_version', pv.erl_version,
+            'sha256', b.artifact_sha256, 'size', b.artifact_size) AS doc
+        FROM repositories r
+        JOIN package_versions pv ON pv.repository_id = r.id
+        JOIN builds b ON b.id = pv.success_build_id
+        WHERE r.namespace = %(namespace)s AND r.name = %(name)s AND {_VERSION_FILTER}
+        ORDER BY pv.success_at DESC
+        """,
+        {"namespace": namespace, "name": name, "filters": _filters(versions)},
+    )
+    return [row["doc"] for row in await cur.fetchall()]
+
+
+async def successful_versions(cur: aiopg.Cursor, namespace: str, name: str,
+                              versions: Sequence[dict[str, str]] | None) -> list[Any]:
+    """/versions: the (ref, Erlang release) pairs that can be downloaded."""
+    await cur.execute(
+        f"""
+        SELECT json_build_object('versionId', pv.id, 'ref', pv.ref,
+                                 'erl_version', pv.erl_version) AS doc
+        FROM repositories r
+        JOIN package_versions pv ON pv.repository_id = r.id
+        WHERE r.namespace = %(namespace)s AND r.name = %(name)s
+          AND pv.success_build_id IS NOT NULL AND {_VERSION_FILTER}
+        ORDER BY pv.success_at DESC
+        """,
+        {"namespace": namespace, "name": name, "filters": _filters(versions)},
+    )
+    return [row["doc"] for row in await cur.fetchall()]
+
+
+async def newest_artifact(cur: aiopg.Cursor, namespace: str, name: str,
+                          versions: Sequence[dict[str, str]] | None) -> Row | None:
+    """/get: the artifact of the newest successful build matching the filters."""
+    await cur.execute(
+        f"""
+        SELECT b.id::text AS id, b.artifact_path, b.artifact_name, b.artifact_sha256,
+               b.artifact_size
+        FROM repositories r
+        JOIN package_versions pv ON pv.repository_id = r.id
+        JOIN builds b ON b.id = pv.success_build_id
+        WHERE r.namespace = %(namespace)s AND r.name = %(name)s AND {_VERSION_FILTER}
+        ORDER BY pv.success_at DESC
+        LIMIT 1
+        """,
+        {"namespace": namespace, "name": name, "filters": _filters(versions)},
+    )
+    return await cur.fetchone()
+
+
+async def artifact(cur: aiopg.Cursor, build_id: str) -> Row | None:
+    await cur.execute(
+        "SELECT id::text AS id, status::text AS status, artifact_path, artifact_name,"
+        " artifact_sha256, artifact_size FROM builds WHERE id = %(id)s",
+        {"id": build_id},
+    )
+    return await cur.fetchone()
+
+
+async def build_log_info(cur: aiopg.Cursor, build_id: str) -> Row | None:
+    await cur.execute(
+        "SELECT id::text AS id, status::text AS status, log_path, message FROM builds"
+        " WHERE id = %(id)s",
+        {"id": build_id},
+    )
+    return await cur.fetchone()

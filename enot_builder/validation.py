@@ -1,0 +1,247 @@
+"""Checks on everything a client sends, before anything is written.
+
+Each function returns the clean value or raises ApiError(400, message) naming the
+field. Names, refs and URLs end up in paths, git command lines and SQL, so they are
+held to strict shapes here rather than escaped later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .config import GitConfig
+from .errors import ApiError
+
+NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+ERL_VERSION = re.compile(r"^(?:\d{1,3}|R\d{1,2}[AB]\d{0,2}(?:-\d{1,2})?)$")
+REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+MAX_VERSIONS = 32
+MAX_REF_LENGTH = 255
+MAX_URL_LENGTH = 2048
+
+
+def bad(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object (aiohttp already enforced the size limit)."""
+    raw = await request.read()
+    if not raw:
+        raise bad("The request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"The request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise bad("The request body must be a JSON object")
+    return body
+
+
+def string(body: dict[str, Any], field: str, required: bool = True) -> str | None:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise bad(f"Missing field {field!r}")
+        return None
+    if not isinstance(value, str):
+        raise bad(f"Field {field!r} must be a string")
+    return value
+
+
+def full_name(value: Any, field: str = "full_name") -> tuple[str, str]:
+    if not isinstance(value, str):
+        raise bad(f"Field {field!r} must be a string like 'namespace/name'")
+    parts = value.split("/")
+    if len(parts) != 2 or not all(_name_part(p) for p in parts):
+        raise bad(f"Field {field!r} must be 'namespace/name' (letters, digits, '.', '_', '-'), "
+                  f"got {_shorten(value)!r}")
+    return parts[0], parts[1]
+
+
+def name_part(value: str, field: str) -> str:
+    if not _name_part(value):
+        raise bad(f"Parameter {field!r} must be letters, digits, '.', '_' or '-', "
+                  f"got {_shorten(value)!r}")
+    return value
+
+
+def _name_part(part: str) -> bool:
+    return bool(NAME_PART.match(part)) and part not in (".", "..") and not part.endswith(".lock")
+
+
+def ref(value: Any, field: str = "ref") -> str:
+    """A tag name as `git check-ref-format` would accept it, and not an option."""
+    if not isinstance(value, str) or not value:
+        raise bad(f"Field {field!r} must be a non-empty string (a git tag)")
+    problem = ref_problem(value)
+    if problem:
+        raise bad(f"Field {field!r} is not a valid git tag ({problem}): {_shorten(value)!r}")
+    return value
+
+
+def ref_problem(value: str) -> str | None:
+    if len(value) > MAX_REF_LENGTH:
+        return f"longer than {MAX_REF_LENGTH} characters"
+    if value.startswith("-"):
+        return "starts with '-'"
+    if REF_FORBIDDEN.search(value):
+        return "contains a space, a control character or one of ~^:?*[\\"
+    if ".." in value or "@{" in value or "//" in value or value == "@":
+        return "contains '..', '@{' or '//', or is '@'"
+    if value.endswith((".", "/", ".lock")) or value.startswith("/"):
+        return "starts with '/' or ends with '.', '/' or '.lock'"
+    if any(part.startswith(".") for part in value.split("/")):
+        return "a component starts with '.'"
+    return None
+
+
+def erl_version(value: Any, field: str = "erl_version") -> str:
+    if not isinstance(value, str) or not ERL_VERSION.match(value):
+        raise bad(f"Field {field!r} must be an Erlang/OTP release such as \"25\", "
+                  f"got {_shorten(str(value))!r}")
+    return value
+
+
+def build_id(value: Any, field: str = "build_id") -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise bad(f"Field {field!r}: no build has the id {value}; build ids are UUIDs")
+    if not isinstance(value, str):
+        raise bad(f"Field {field!r} must be a build id (a UUID)")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise bad(f"Field {field!r} is not a build id (a UUID): {_shorten(value)!r}") from None
+
+
+def boolean(body: dict[str, Any], field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise bad(f"Field {field!r} must be true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    ref: str
+    erl_version: str | None
+
+
+def build_versions(value: Any) -> list[VersionRequest]:
+    """`versions` of a build request: a non-empty list of {"ref", "erl_version"?}."""
+    if not isinstance(value, list) or not value:
+        raise bad("Field 'versions' must be a non-empty list of {\"ref\", \"erl_version\"?}")
+    if len(value) > MAX_VERSIONS:
+        raise bad(f"Field 'versions' may hold at most {MAX_VERSIONS} entries")
+    result = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise bad(f"versions[{i}] must be an object with 'ref' and optionally 'erl_version'")
+        erl = item.get("erl_version")
+        result.append(VersionRequest(
+            ref(item.get("ref"), f"versions[{i}].ref"),
+            None if erl is None else erl_version(erl, f"versions[{i}].erl_version"),
+        ))
+    return list(dict.fromkeys(result))  # a repeated entry is one build
+
+
+def version_filters(value: Any) -> list[dict[str, str]] | None:
+    """`versions` of a listing: absent, one filter object, or a list of them.
+
+    The enot client sends a single object (`{"ref": ...}`), not a list; both work.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise bad("Field 'versions' must be a list of {\"ref\"?, \"erl_version\"?}")
+    if len(value) > MAX_VERSIONS:
+        raise bad(f"Field 'versions' may hold at most {MAX_VERSIONS} entries")
+    filters = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise bad(f"versions[{i}] must be an object")
+        clean = {}
+        if item.get("ref") is not None:
+            clean["ref"] = ref(item["ref"], f"versions[{i}].ref")
+        if item.get("erl_version") is not None:
+            clean["erl_version"] = erl_version(item["erl_version"], f"versions[{i}].erl_version")
+        filters.append(clean)
+    return filters
+
+
+def clone_url(value: Any, git: GitConfig) -> str:
+    """A clone URL on the allow-list. Credentials are refused and never echoed."""
+    if not isinstance(value, str) or not value:
+        raise bad("Field 'clone_url' must be a non-empty string")
+    if len(value) > MAX_URL_LENGTH:
+        raise bad(f"Field 'clone_url' is longer than {MAX_URL_LENGTH} characters")
+    if CONTROL_OR_SPACE.search(value) or value.startswith("-"):
+        raise bad("Field 'clone_url' contains spaces, control characters or starts with '-'")
+    if "::" in value.split("/", 1)[0]:
+        raise bad("Field 'clone_url': git remote helpers (such as ext::) are not allowed")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise bad("Field 'clone_url' is not a URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in git.allowed_schemes:
+        allowed = ", ".join(git.allowed_schemes)
+        raise bad(f"Field 'clone_url': scheme {scheme or '(none)'!r} is not allowed (allowed: {allowed})")
+    if parts.username is not None or parts.password is not None:
+        raise bad("Field 'clone_url' must not carry credentials")
+    if parts.query or parts.fragment:
+        raise bad("Field 'clone_url' must not have a query or fragment")
+    if scheme == "file":
+        if parts.netloc or not parts.path.startswith("/") or ".." in parts.path.split("/"):
+            raise bad("Field 'clone_url': a file URL must be file:///absolute/path")
+        return value
+    host = (parts.hostname or "").lower()
+    if host not in [h.lower() for h in git.allowed_hosts]:
+        raise bad(f"Field 'clone_url': host {host or '(none)'!r} is not allowed "
+                  f"(allowed: {', '.join(git.allowed_hosts)})")
+    path_parts = [p for p in parts.path.split("/") if p]
+    if len(path_parts) < 2 or any(p in (".", "..") for p in path_parts):
+        raise bad("Field 'clone_url' must name a repository, like https://github.com/owner/repo")
+    del port  # only parsed to reject a malformed one
+    return value
+
+
+def same_repository(url_a: str, url_b: str) -> bool:
+    """Two clone URLs name the same repository (ignoring .git, a trailing / and case of host)."""
+    return _canonical(url_a) == _canonical(url_b)
+
+
+def _canonical(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith(".git"):
+        path = path[:-4]
+    return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}{path}"
+
+
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad(f"Parameter {name!r} must be a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise bad(f"Parameter {name!r} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _shorten(value: str, limit: int = 80) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
