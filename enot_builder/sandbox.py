@@ -127,11 +127,13 @@ class Sandbox:
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
                 bwrap += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        # Mounts apply in order: the private /tmp first, so that tools or sources that
+        # live below /tmp stay visible on top of it.
+        bwrap += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for extra in [*self.tool_paths, *read_only]:
             if extra.exists():
                 bwrap += ["--ro-bind", str(extra), str(extra)]
-        bwrap += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                  "--bind", str(work_dir), SANDBOX_ROOT, "--chdir", cwd, "--"]
+        bwrap += ["--bind", str(work_dir), SANDBOX_ROOT, "--chdir", cwd, "--"]
         return [*limits, *drop, *bwrap, *env_args, *argv]
 
 

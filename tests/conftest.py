@@ -1,0 +1,156 @@
+"""Shared fixtures: a real PostgreSQL, real git repositories of real Erlang projects,
+and the application built by create_app() on a test configuration.
+
+PostgreSQL: ENOT_BUILDER_TEST_DSN when set, else a private cluster made for this
+session with the server's own pgcluster module (so a bare machine needs nothing
+running). Tables are emptied between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import psycopg2
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from enot_builder import config as config_module
+from enot_builder import pgcluster
+from enot_builder.app import create_app
+
+from . import projects
+
+TABLES = "builds, package_versions, repositories"
+
+
+def world_readable_tempdir(prefix: str) -> Path:
+    """A temp dir the unprivileged build user and cluster user can reach.
+
+    pytest's tmp_path lives below a 0700 directory, which sandboxed builds (run as
+    an unprivileged user) cannot enter.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    dsn = os.environ.get("ENOT_BUILDER_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    root = world_readable_tempdir("enot-builder-test-pg-")
+    cluster = pgcluster.for_config(root, "enot-builder")
+    cluster.ensure_started()
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def db_conn(pg_dsn: str) -> Iterator[Any]:
+    """A plain psycopg2 connection for tests to look at the tables directly."""
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def clean_db(db_conn: Any) -> None:
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('builds') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute(f"TRUNCATE {TABLES} CASCADE")
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = world_readable_tempdir("enot-builder-test-data-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def repos_dir() -> Iterator[Path]:
+    path = world_readable_tempdir("enot-builder-test-repos-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_repo(repos_dir: Path) -> Callable[..., str]:
+    """make_repo(name, files, tag) -> file:// clone URL of a new git repository."""
+    def make(name: str, files: dict[str, str], tag: str = "1.0.0", **kwargs: Any) -> str:
+        return projects.git_repo(repos_dir / name, files, tag, **kwargs)
+    return make
+
+
+def make_config(pg_dsn: str, data_dir: Path, **overrides: Any) -> config_module.Config:
+    config = config_module.Config()
+    config.database.dsn = pg_dsn
+    config.storage.data_dir = str(data_dir)
+    config.git.allowed_schemes = ["https", "file"]
+    config.builds.workers = 2
+    config.builds.timeout = 300
+    config.server.shutdown_grace = 5
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        setattr(getattr(config, section), key, value)
+    config_module.validate(config)
+    return config
+
+
+@pytest.fixture
+def config(pg_dsn: str, data_dir: Path, clean_db: None) -> config_module.Config:
+    return make_config(pg_dsn, data_dir)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: config_module.Config) -> TestClient:
+    return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, pg_dsn: str, data_dir: Path,
+                clean_db: None) -> Callable[..., Any]:
+    """A client on a configuration with some settings changed: make_client(builds__timeout=5)."""
+    async def make(**overrides: Any) -> TestClient:
+        return await aiohttp_client(create_app(make_config(pg_dsn, data_dir, **overrides)))
+    return make
+
+
+async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str, ...],
+                          timeout: float = 120) -> dict[str, Any]:
+    """Wait until the build reaches one of `statuses`; return its row."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.keys import POOL
+
+    app: web.Application = client.server.app
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        async with cursor(app[POOL]) as cur:
+            build = await store.get_build(cur, build_id)
+        if build is not None and build["status"] in statuses:
+            return build
+        if loop.time() > end:
+            raise AssertionError(f"build {build_id} did not reach {statuses}: {build}")
+        await asyncio.sleep(0.2)
+
+
+def running_processes(pattern: str) -> list[str]:
+    """Command lines of live processes containing `pattern` (for leak checks)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()[1:] if pattern in line and "ps -eo" not in line]

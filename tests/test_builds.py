@@ -1,0 +1,217 @@
+"""Real builds through the HTTP API: real git, real Erlang, the real enot, in the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import tarfile
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from . import projects
+from .conftest import running_processes, wait_for_status
+
+
+async def build_sync(client: TestClient, full_name: str, url: str,
+                     versions: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    r = await client.post("/buildSync", json={"full_name": full_name, "clone_url": url,
+                                              "versions": versions})
+    return r.status, await r.json()
+
+
+async def download(client: TestClient, build_id: str) -> bytes:
+    r = await client.get(f"/download/{build_id}")
+    assert r.status == 200, await r.text()
+    return await r.read()
+
+
+def members(artifact: bytes) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(artifact)) as tar:
+        return set(tar.getnames())
+
+
+async def test_enot_project_builds_and_is_served(client: TestClient, make_repo: Any) -> None:
+    url = make_repo("hello", projects.enot_project("hello", erlang=["25"]))
+    status, body = await build_sync(client, "tester/hello", url, [{"ref": "1.0.0"}])
+    assert status == 200, body
+    [result] = body["response"]
+    assert result["result"] is True and result["status"] == "succeeded"
+    assert result["erl_version"] == "25"  # from the package's enot_config.json
+    build_id = result["build_id"]
+
+    artifact = await download(client, build_id)
+    assert {"ebin/hello.beam", "ebin/hello.app", "enot_config.json"} <= members(artifact)
+
+    r = await client.post("/builds", json={"full_name": "tester/hello"})
+    assert r.status == 200, await r.text()
+    [doc] = (await r.json())["response"]
+    assert doc["build_id"] == build_id
+    assert doc["artifact_path"] == f"/download/{build_id}"
+    assert doc["sha256"] == hashlib.sha256(artifact).hexdigest()
+    assert doc["size"] == len(artifact)
+
+    r = await client.get("/build_log", params={"build_id": build_id})
+    log = await r.text()
+    assert r.status == 200
+    assert "Enot build hello" in log
+    assert f"by {projects.AUTHOR_EMAIL}" in log
+    assert "SUCCESS" in log
+
+
+async def test_rebar_only_project_builds_without_downloading_rebar(client: TestClient,
+                                                                    make_repo: Any) -> None:
+    url = make_repo("rebarish", projects.rebar_project("rebarish"), tag="v0.3.0")
+    status, body = await build_sync(client, "tester/rebarish", url,
+                                    [{"ref": "v0.3.0", "erl_version": "25"}])
+    assert status == 200, body
+    artifact = await download(client, body["response"][0]["build_id"])
+    assert "ebin/rebarish.beam" in members(artifact)
+
+
+async def test_erlang_mk_makefile_project_builds(client: TestClient, make_repo: Any) -> None:
+    url = make_repo("emk", projects.erlang_mk_project("emk"), tag="2.0.0")
+    status, body = await build_sync(client, "tester/emk", url, [{"ref": "2.0.0"}])
+    assert status == 200, body
+    artifact = await download(client, body["response"][0]["build_id"])
+    assert {"ebin/emk.beam", "ebin/emk.app"} <= members(artifact)
+    with tarfile.open(fileobj=io.BytesIO(artifact)) as tar:
+        app = tar.extractfile("ebin/emk.app").read().decode()
+    assert '"2.0.0"' in app
+
+
+async def test_compile_failure_is_reported_and_not_served(client: TestClient,
+                                                          make_repo: Any) -> None:
+    url = make_repo("broken", projects.broken_project("broken"))
+    status, body = await build_sync(client, "tester/broken", url, [{"ref": "1.0.0"}])
+    assert status == 422, body
+    assert body["result"] is False
+    assert "enot package failed" in body["response"]
+    [result] = body["builds"]
+    build_id = result["build_id"]
+
+    r = await client.get("/build_log", params={"build_id": build_id})
+    log = await r.text()
+    assert "syntax error" in log or "broken.erl" in log, log
+    assert "Traceback" not in body["response"]
+
+    r = await client.get(f"/download/{build_id}")
+    assert r.status == 404
+    assert (await r.text()).startswith("No such build")
+    r = await client.post("/builds", json={"full_name": "tester/broken"})
+    assert (await r.json())["response"] == []  # failed builds are skipped
+    r = await client.get("/search", params={"name": "broken"})
+    [doc] = (await r.json())["response"]
+    assert doc["success"] is False
+    assert doc["path"] == f"/build_log?build_id={build_id}"
+
+
+async def test_missing_tag_and_branch_fail_clearly(client: TestClient, make_repo: Any) -> None:
+    url = make_repo("tags", projects.enot_project("tags"), branch="feature")
+    status, body = await build_sync(client, "tester/tags", url,
+                                    [{"ref": "9.9.9"}, {"ref": "feature"}])
+    assert status == 422, body
+    messages = {b["ref"]: b["message"] for b in body["builds"]}
+    assert messages["9.9.9"] == f"tag '9.9.9' not found in {url}"
+    assert "is a branch, not a tag" in messages["feature"]
+
+
+async def test_default_erlang_when_package_names_none(client: TestClient,
+                                                      make_repo: Any) -> None:
+    url = make_repo("plain", projects.enot_project("plain"))
+    status, body = await build_sync(client, "tester/plain", url, [{"ref": "1.0.0"}])
+    assert status == 200, body
+    assert body["response"][0]["erl_version"] == "25"
+
+
+async def test_release_not_installed_is_refused_at_once(client: TestClient,
+                                                        db_conn: Any) -> None:
+    r = await client.post("/buildAsync", json={
+        "full_name": "tester/x", "clone_url": "file:///nonexistent/x",
+        "versions": [{"ref": "1.0.0", "erl_version": "19"}]})
+    assert r.status == 400
+    body = await r.json()
+    assert body == {"result": False,
+                    "response": "Erlang/OTP 19 is not installed on this server (installed: 25)"}
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM builds")
+        assert cur.fetchone()[0] == 0
+
+
+async def test_identical_queued_builds_coalesce(make_client: Any, make_repo: Any) -> None:
+    client = await make_client(builds__workers=1)
+    slow = make_repo("slow", projects.enot_project("slow", prebuild=["sleep 3"]))
+    fast = make_repo("fast", projects.enot_project("fast"))
+    request = {"full_name": "tester/fast", "clone_url": fast, "versions": [{"ref": "1.0.0"}]}
+    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
+                                               "versions": [{"ref": "1.0.0"}]})
+    slow_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, slow_id, ("running",))
+    first = (await (await client.post("/buildAsync", json=request)).json())["response"][0]
+    second = (await (await client.post("/buildAsync", json=request)).json())["response"][0]
+    assert first["build_id"] == second["build_id"]
+    assert (first["coalesced"], second["coalesced"]) == (False, True)
+    done = await wait_for_status(client, first["build_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["message"]
+
+
+async def test_timeout_kills_the_whole_build(make_client: Any, make_repo: Any) -> None:
+    client = await make_client(builds__timeout=8)
+    url = make_repo("sleepy", projects.enot_project(
+        "sleepy", prebuild=["(sleep 313 &) ; sleep 314"]))
+    status, body = await build_sync(client, "tester/sleepy", url, [{"ref": "1.0.0"}])
+    assert status == 422, body
+    assert "ran past its time limit of 8 s" in body["builds"][0]["message"]
+    await asyncio.sleep(0.5)
+    assert running_processes("sleep 313") == []
+    assert running_processes("sleep 314") == []
+
+
+async def test_build_log_follows_a_running_build(client: TestClient, make_repo: Any) -> None:
+    url = make_repo("chatty", projects.enot_project(
+        "chatty", prebuild=["for i in 1 2 3; do echo tick $i; sleep 1; done"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/chatty", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    build_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, build_id, ("running",))
+    r = await client.get("/build_log", params={"build_id": build_id, "follow": "1"})
+    assert r.status == 200
+    first = await r.content.readline()
+    assert first.startswith(b"[enot-builder] build "), first
+    rest = (await r.read()).decode()
+    # The stream ended by itself when the build did, with every line in it.
+    assert "tick 3" in rest and "SUCCESS" in rest
+
+
+async def test_download_supports_range_and_conditional_get(client: TestClient,
+                                                           make_repo: Any) -> None:
+    url = make_repo("ranged", projects.enot_project("ranged"))
+    status, body = await build_sync(client, "tester/ranged", url, [{"ref": "1.0.0"}])
+    assert status == 200, body
+    build_id = body["response"][0]["build_id"]
+    whole = await download(client, build_id)
+    r = await client.get(f"/download/{build_id}")
+    assert r.headers["Content-Disposition"] == 'attachment; filename="ranged.ep"'
+    assert r.headers["Content-Length"] == str(len(whole))
+    etag = r.headers["ETag"]
+    r = await client.get(f"/download/{build_id}", headers={"Range": "bytes=10-19"})
+    assert r.status == 206
+    assert await r.read() == whole[10:20]
+    r = await client.get(f"/download/{build_id}", headers={"If-None-Match": etag})
+    assert r.status == 304
+
+
+async def test_rebuild_queues_the_same_build_again(client: TestClient, make_repo: Any) -> None:
+    url = make_repo("again", projects.enot_project("again"))
+    status, body = await build_sync(client, "tester/again", url, [{"ref": "1.0.0"}])
+    assert status == 200, body
+    old_id = body["response"][0]["build_id"]
+    r = await client.post("/rebuild", json={"build_id": old_id})
+    assert r.status == 202, await r.text()
+    [entry] = (await r.json())["response"]
+    assert entry["build_id"] != old_id
+    assert (entry["full_name"], entry["ref"], entry["erl_version"]) == ("tester/again", "1.0.0", "25")
+    done = await wait_for_status(client, entry["build_id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded"
