@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import stat
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
 from . import process, validation
@@ -165,7 +167,7 @@ class Builder:
                                "see the build log")
 
         # 4. Keep the artifact.
-        return await asyncio.to_thread(self._store_artifact, str(build["id"]), src)
+        return await asyncio.to_thread(self._store_artifact, build, src)
 
     async def _clone(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
                      build_log: BuildLog, deadline: float) -> None:
@@ -259,7 +261,8 @@ class Builder:
             for name in [*dirnames, *filenames]:
                 os.lchown(os.path.join(dirpath, name), user.uid, user.gid)
 
-    def _store_artifact(self, build_id: str, src: Path) -> Outcome:
+    def _store_artifact(self, build: dict[str, Any], src: Path) -> Outcome:
+        build_id = str(build["id"])
         candidates = [entry for entry in _scan(src) if entry.name.endswith(".ep")]
         if not candidates:
             raise BuildFailure("enot finished but produced no .ep package")
@@ -273,8 +276,6 @@ class Builder:
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / name
         temporary = target_dir / f".{name}.partial"
-        digest = hashlib.sha256()
-        size = 0
         try:
             source_fd = os.open(src / name, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as e:
@@ -285,16 +286,56 @@ class Builder:
             if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                 raise BuildFailure(f"{name} is not a regular file")
             with open(temporary, "wb") as out:
-                while chunk := source.read(1024 * 1024):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+                stamp_package(source, out, f"{build['namespace']}/{build['name']}")
                 out.flush()
                 os.fsync(out.fileno())
+        digest, size = sha256_file(temporary)
         os.replace(temporary, target)
         _fsync_dir(target_dir)
-        return Outcome(True, f"built {name} ({size} bytes)", str(target), name,
-                       digest.hexdigest(), size)
+        return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size)
+
+
+def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> None:
+    """Copy an enot package, recording in its enot_config.json the name we serve it as.
+
+    enot clients file a fetched package under the `fullname` of its enot_config.json
+    and, without one, under the last two parts of the clone URL, which for a mirror, a
+    fork or a file:// URL is not the name the package was asked for by. Copying the
+    tar member by member also proves the artifact is a readable package.
+    """
+    try:
+        with tarfile.open(fileobj=source, mode="r:") as package, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as stamped:
+            seen_config = False
+            for member in package:
+                data = package.extractfile(member) if member.isfile() else None
+                if member.name == "enot_config.json" and data is not None:
+                    seen_config = True
+                    try:
+                        config = json.loads(data.read(MAX_CONFIG_BYTES))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        raise BuildFailure("the package's enot_config.json is not JSON") from None
+                    if not isinstance(config, dict):
+                        raise BuildFailure("the package's enot_config.json is not an object")
+                    config["fullname"] = full_name
+                    raw = json.dumps(config, indent=4, sort_keys=True).encode()
+                    member.size = len(raw)
+                    data = io.BytesIO(raw)
+                stamped.addfile(member, data)
+            if not seen_config:
+                raise BuildFailure("the package has no enot_config.json")
+    except tarfile.TarError as e:
+        raise BuildFailure(f"enot produced an unreadable package: {e}") from None
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _scan(directory: Path) -> list[os.DirEntry[str]]:
