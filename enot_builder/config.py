@@ -67,7 +67,7 @@ class BuildsConfig:
     sandbox: str = "bwrap"
     allow_unsandboxed: bool = False
     network: bool = True
-    memory_limit_mb: int = 2048
+    memory_limit_mb: int = 3072
     cpu_time: int = 1800
     max_processes: int = 256
     max_file_size_mb: int = 512

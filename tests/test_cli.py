@@ -1,0 +1,76 @@
+"""The command line: check, migrate, and the systemd unit that runs serve."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enot_builder.config import PROJECT_ROOT
+
+CLI = [sys.executable, "-m", "enot_builder"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=PROJECT_ROOT)
+
+
+def test_check_lists_the_toolchain() -> None:
+    result = run("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "git:        /usr/bin/git" in out
+    assert "enot:" in out and "(version 2.1.8)" in out
+    assert "erlang 25:" in out and "(default)" in out
+    assert "sandbox:    bubblewrap sandbox" in out
+
+
+def test_check_fails_when_a_part_is_missing(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[builds]\nenot = "/nonexistent/enot"\ndefault_erlang = "17"\n')
+    result = run("check", "--config", str(config))
+    assert result.returncode == 1
+    assert "problem:    the enot tool was not found" in result.stdout
+    assert "problem:    the default Erlang release 17 is not installed" in result.stdout
+
+
+def test_bad_config_is_reported_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[server]\nport = -1\n")
+    result = run("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "configuration error: [server] port must be between" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_command(pg_dsn: str) -> None:
+    import os
+    env = {**os.environ, "ENOT_BUILDER_DATABASE_DSN": pg_dsn}
+    result = run("migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("database schema is up to date",) or \
+        result.stdout.startswith("applied migrations:")
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    unit = (PROJECT_ROOT / "systemd" / "enot-builder.service").read_text()
+    assert "User=enot-builder" in unit
+    assert "ExecStart=/opt/enot-builder/.venv/bin/enot-builder serve" in unit
+    stop = int(unit.split("TimeoutStopSec=")[1].split()[0])
+    from enot_builder.config import ServerConfig
+    assert stop > ServerConfig().shutdown_grace + 10
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    # verify needs the binaries it names to exist: point them at this checkout.
+    local = unit.replace("/opt/enot-builder", str(PROJECT_ROOT))
+    path = tmp_path / "enot-builder.service"
+    path.write_text(local)
+    result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    problems = [line for line in result.stderr.splitlines()
+                if "enot-builder.service" in line and "Failed to" not in line]
+    assert result.returncode == 0 and not problems, result.stderr
