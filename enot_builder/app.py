@@ -14,9 +14,10 @@ from aiohttp import web
 
 from . import db, pgcluster, toolchains
 from .builder import Builder
+from .mail import Mailer
 from .config import Config
 from .errors import error_middleware
-from .keys import BUILDER, CONFIG, POOL, QUEUE, TOOLCHAIN
+from .keys import BUILDER, CONFIG, MAILER, POOL, QUEUE, TOOLCHAIN
 from .queue import BuildQueue
 from .routes import setup_routes
 from .sandbox import Sandbox
@@ -31,6 +32,7 @@ def create_app(config: Config) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
+    app.cleanup_ctx.append(mailer)
     app.cleanup_ctx.append(build_queue)
     return app
 
@@ -65,9 +67,18 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def mailer(app: web.Application) -> AsyncIterator[None]:
+    app[MAILER] = Mailer(app[CONFIG].mail)
+    app[MAILER].start()
+    try:
+        yield
+    finally:
+        await app[MAILER].stop()
+
+
 async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    queue = BuildQueue(app[POOL], app[BUILDER], config.worker_count)
+    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER])
     await queue.start()
     app[QUEUE] = queue
     try:

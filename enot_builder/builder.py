@@ -20,7 +20,7 @@ import shutil
 import stat
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
@@ -51,6 +51,8 @@ class Outcome:
     artifact_name: str | None = None
     artifact_sha256: str | None = None
     artifact_size: int | None = None
+    # Dependencies pinned to a tag, as the package's enot_config.json lists them.
+    dependencies: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Builder:
         src = work_dir / src_rel
         (work_dir / "src").mkdir()
         (work_dir / "home").mkdir()
+        self._write_git_config(work_dir)
         self._hand_over(work_dir)
 
         # 1. The tag, and nothing but the tag.
@@ -157,7 +160,7 @@ class Builder:
         env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
         step = await process.run(
             self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
-                                 erlang=erlang),
+                                 erlang=erlang, read_only=self._local_sources()),
             build_log, deadline - time.monotonic())
         if step.timed_out:
             raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
@@ -171,27 +174,26 @@ class Builder:
 
     async def _clone(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
                      build_log: BuildLog, deadline: float) -> None:
-        url = build["clone_url"]
-        read_only: tuple[Path, ...] = ()
+        url = rewrite_url(build["clone_url"], self.config.git.rewrites)
         git_config = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
                       "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always",
                       "-c", "protocol.ssh.allow=always", "-c", "core.hooksPath=/dev/null",
                       "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
         if url.startswith("file://"):
-            # Only reachable when the operator allowed file:// (tests do).
-            local = Path(unquote(urlsplit(url).path))
-            read_only = (local,)
-            git_config += ["-c", "protocol.file.allow=always", "-c", f"safe.directory={local}",
-                           "-c", f"safe.directory={local}/.git"]
+            # Reachable only when the operator allowed file:// or rewrote to a local
+            # mirror (tests do both); the sandbox sees these paths read-only.
+            git_config += ["-c", "protocol.file.allow=always"]
         argv = ["git", *git_config, "clone", "--quiet", "--depth", "1", "--single-branch",
                 "--no-tags", "--branch", build["ref"], "--", url, src_rel]
         env = {"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true",
                "GIT_CONFIG_NOSYSTEM": "1", "GIT_LFS_SKIP_SMUDGE": "1"}
-        build_log.line(f"git clone --depth 1 --branch {build['ref']} {redact(url)}")
+        shown = redact(url) if url == build["clone_url"] else \
+            f"{redact(build['clone_url'])} (rewritten to {redact(url)})"
+        build_log.line(f"git clone --depth 1 --branch {build['ref']} {shown}")
         timeout = min(self.config.builds.clone_timeout, deadline - time.monotonic())
         step = await process.run(
             self.sandbox.command(argv, work_dir=work_dir, cwd=root, env=env, network=True,
-                                 read_only=read_only),
+                                 read_only=self._local_sources(url)),
             build_log, timeout)
         if step.timed_out:
             raise BuildFailure(f"git clone did not finish within {int(timeout)} s")
@@ -232,6 +234,22 @@ class Builder:
         if self.toolchain.default_erlang is None:
             raise BuildFailure("no Erlang release requested and no default configured")
         return self.toolchain.default_erlang
+
+    def _local_sources(self, url: str | None = None) -> tuple[Path, ...]:
+        """Local repositories a build may read: file:// mirrors, and its own file:// URL."""
+        urls = [target for target in self.config.git.rewrites.values()]
+        if url is not None:
+            urls.append(url)
+        return tuple(Path(unquote(urlsplit(u).path)) for u in urls if u.startswith("file://"))
+
+    def _write_git_config(self, work_dir: Path) -> None:
+        """The build's ~/.gitconfig: the operator's URL rewrites reach enot's own clones
+        of dependencies too; remote helpers stay off; local mirrors are trusted."""
+        lines = ["[protocol \"ext\"]", "\tallow = never", "[core]", "\thooksPath = /dev/null",
+                 "[advice]", "\tdetachedHead = false", "[safe]", "\tdirectory = *"]
+        for prefix, target in self.config.git.rewrites.items():
+            lines += [f'[url "{target}"]', f"\tinsteadOf = {prefix}"]
+        (work_dir / "home" / ".gitconfig").write_text("\n".join(lines) + "\n")
 
     def _write_enot_config(self, work_dir: Path, root: str, erl_version: str) -> None:
         """enot's global config for this build: our cache, our compiler choice.
@@ -286,16 +304,33 @@ class Builder:
             if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                 raise BuildFailure(f"{name} is not a regular file")
             with open(temporary, "wb") as out:
-                stamp_package(source, out, f"{build['namespace']}/{build['name']}")
+                package_config = stamp_package(source, out, f"{build['namespace']}/{build['name']}")
                 out.flush()
                 os.fsync(out.fileno())
         digest, size = sha256_file(temporary)
         os.replace(temporary, target)
         _fsync_dir(target_dir)
-        return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size)
+        return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size,
+                       tagged_dependencies(package_config))
 
 
-def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> None:
+def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(url, tag) of each direct dependency pinned to a tag.
+
+    enot writes every project's dependencies into the package's enot_config.json,
+    whatever the project's own format (enot_config.json deps, rebar.config git deps
+    with {tag, ...}, erlang.mk dep_* lines), so this one reading covers them all.
+    """
+    pins = []
+    deps = package_config.get("deps")
+    for dep in deps if isinstance(deps, list) else []:
+        if isinstance(dep, dict) and isinstance(dep.get("url"), str) \
+                and isinstance(dep.get("tag"), str) and dep["tag"]:
+            pins.append((dep["url"], dep["tag"]))
+    return pins
+
+
+def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, Any]:
     """Copy an enot package, recording in its enot_config.json the name we serve it as.
 
     enot clients file a fetched package under the `fullname` of its enot_config.json
@@ -306,11 +341,10 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> None:
     try:
         with tarfile.open(fileobj=source, mode="r:") as package, \
                 tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as stamped:
-            seen_config = False
+            seen_config: dict[str, Any] | None = None
             for member in package:
                 data = package.extractfile(member) if member.isfile() else None
                 if member.name == "enot_config.json" and data is not None:
-                    seen_config = True
                     try:
                         config = json.loads(data.read(MAX_CONFIG_BYTES))
                     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -318,12 +352,14 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> None:
                     if not isinstance(config, dict):
                         raise BuildFailure("the package's enot_config.json is not an object")
                     config["fullname"] = full_name
+                    seen_config = config
                     raw = json.dumps(config, indent=4, sort_keys=True).encode()
                     member.size = len(raw)
                     data = io.BytesIO(raw)
                 stamped.addfile(member, data)
-            if not seen_config:
+            if seen_config is None:
                 raise BuildFailure("the package has no enot_config.json")
+            return seen_config
     except tarfile.TarError as e:
         raise BuildFailure(f"enot produced an unreadable package: {e}") from None
 
@@ -433,6 +469,15 @@ def _create(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def rewrite_url(url: str, rewrites: dict[str, str]) -> str:
+    """Apply the longest matching prefix rewrite, as git's insteadOf does."""
+    matches = [prefix for prefix in rewrites if url.startswith(prefix)]
+    if not matches:
+        return url
+    prefix = max(matches, key=len)
+    return rewrites[prefix] + url[len(prefix):]
 
 
 def redact(url: str) -> str:

@@ -82,6 +82,34 @@ class GitConfig:
     allowed_hosts: list[str] = field(
         default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org"]
     )
+    # Clone URL prefix -> replacement, like git's insteadOf: mirrors and proxies. The
+    # allow-list is checked on the URL as requested, the clone uses the rewritten one.
+    rewrites: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GithubConfig:
+    # Shared secret of the webhooks (HMAC of the body); the environment variable
+    # GIT_SECRET is accepted too. Empty refuses every webhook.
+    webhook_secret: str = ""
+
+
+@dataclass
+class MailConfig:
+    # SMTP server for build reports; empty host sends no mail.
+    host: str = ""
+    port: int = 25
+    # "none", "starttls" or "tls".
+    security: str = "none"
+    # EMAIL_USER and EMAIL_PASSWORD in the environment are accepted too.
+    user: str = ""
+    password: str = ""
+    sender: str = "enot-builder@localhost"
+    timeout: int = 30
+    # A failed delivery is tried again this many times, waiting retry_delay seconds,
+    # doubled after each try.
+    retries: int = 5
+    retry_delay: float = 2.0
 
 
 @dataclass
@@ -91,6 +119,8 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     builds: BuildsConfig = field(default_factory=BuildsConfig)
     git: GitConfig = field(default_factory=GitConfig)
+    github: GithubConfig = field(default_factory=GithubConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -139,6 +169,13 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
                 break
         else:
             raise ConfigError(f"{name}: no such configuration section")
+    # The names the original service used for its secrets.
+    if not config.github.webhook_secret and env.get("GIT_SECRET"):
+        config.github.webhook_secret = env["GIT_SECRET"]
+    if not config.mail.user and env.get("EMAIL_USER"):
+        config.mail.user = env["EMAIL_USER"]
+    if not config.mail.password and env.get("EMAIL_PASSWORD"):
+        config.mail.password = env["EMAIL_PASSWORD"]
     validate(config)
     return config
 
@@ -174,8 +211,12 @@ def _coerce(current: Any, value: Any, from_env: bool) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"expected a boolean, got {value!r}")
         return value
-    if isinstance(current, int):
+    if isinstance(current, float):
         if isinstance(value, bool):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if isinstance(current, int):
+        if isinstance(value, bool) or isinstance(value, float):
             raise TypeError(f"expected an integer, got {value!r}")
         return int(value)
     if isinstance(current, str):
@@ -192,7 +233,7 @@ def _coerce(current: Any, value: Any, from_env: bool) -> Any:
         if from_env:
             pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
             if any(len(pair) != 2 for pair in pairs):
-                raise ValueError("expected release=path pairs separated by commas")
+                raise ValueError("expected key=value pairs separated by commas")
             return {k.strip(): v.strip() for k, v in pairs}
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise TypeError(f"expected a table of strings, got {value!r}")
@@ -213,6 +254,10 @@ def validate(config: Config) -> None:
                 "max_file_size_mb", "log_limit_mb"):
         if getattr(config.builds, key) <= 0:
             raise ConfigError(f"[builds] {key} must be positive")
+    if config.mail.security not in ("none", "starttls", "tls"):
+        raise ConfigError('[mail] security must be "none", "starttls" or "tls"')
+    if config.mail.retries < 0 or config.mail.retry_delay < 0:
+        raise ConfigError("[mail] retries and retry_delay must not be negative")
     for scheme in config.git.allowed_schemes:
         if scheme not in ("https", "http", "git", "ssh", "file"):
             raise ConfigError(f"[git] allowed_schemes: {scheme!r} is not a git transport we allow")

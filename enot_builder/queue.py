@@ -18,8 +18,9 @@ from typing import Any
 import aiopg
 import psycopg2
 
-from . import store
+from . import dependencies, mail, store
 from .builder import BuildHooks, Builder, Outcome
+from .config import Config
 from .db import cursor
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,13 @@ DB_RETRY_SECONDS = 2.0
 
 
 class BuildQueue:
-    def __init__(self, pool: aiopg.Pool, builder: Builder, workers: int) -> None:
+    def __init__(self, pool: aiopg.Pool, config: Config, builder: Builder,
+                 mailer: mail.Mailer) -> None:
         self.pool = pool
+        self.config = config
         self.builder = builder
-        self.worker_count = workers
+        self.mailer = mailer
+        self.worker_count = config.worker_count
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._wake: asyncio.Queue[None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
@@ -124,6 +128,26 @@ class BuildQueue:
         finally:
             self._running.pop(build_id, None)
         await self._finish(build_id, outcome)
+        await self._follow_up(build, outcome)
+
+    async def _follow_up(self, build: dict[str, Any], outcome: Outcome) -> None:
+        """After a build: queue its missing dependencies, mail finished requests."""
+        build_id = str(build["id"])
+        try:
+            if outcome.succeeded and outcome.dependencies:
+                async with cursor(self.pool) as cur:
+                    # The release may have been chosen during the build.
+                    build = await store.get_build(cur, build_id) or build
+                queued = await dependencies.queue_dependencies(self.pool, self.config, build,
+                                                               outcome.dependencies)
+                self.wake(len(queued))
+            async with cursor(self.pool) as cur:
+                for request_id in await store.take_complete_requests(cur, build_id):
+                    report = await store.request_report(cur, request_id)
+                    self.mailer.send(mail.compose(report, self.config.public_url,
+                                                  self.config.mail.sender))
+        except psycopg2.Error as e:
+            log.error("follow-up of build %s failed: %s", build_id, e)
 
     async def _requeue(self, build_id: str) -> None:
         try:
@@ -168,11 +192,12 @@ class BuildQueue:
             async with cursor(self.pool) as cur:
                 await store.set_build_erl_version(cur, build_id, first)
                 for release in rest:
-                    await store.enqueue_build(
+                    child = await store.enqueue_build(
                         cur, repository_id=build["repository_id"], ref=build["ref"],
                         erl_version=release, priority=build["priority"],
                         requested_by=build["requested_by"], notify_email=build["notify_email"],
                         parent_id=build_id)
+                    await store.link_split_build(cur, build_id, child["id"])
             self.wake(len(rest))
             return first
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .api import build, download, listing
+from .api import build, download, listing, queue_status, webhook
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/buildAsync", build.build_async)
     app.router.add_post("/buildSync", build.build_sync)
     app.router.add_post("/rebuild", build.rebuild)
+    app.router.add_post("/callback", webhook.callback)
+    app.router.add_get("/queue", queue_status.queue)
 
     app.router.add_get("/search", listing.search)
     app.router.add_get("/last_builds", listing.last_builds)

@@ -364,3 +364,152 @@ async def build_log_info(cur: aiopg.Cursor, build_id: str) -> Row | None:
         {"id": build_id},
     )
     return await cur.fetchone()
+
+
+# --- requests, reports and webhook deliveries ------------------------------------
+
+async def create_request(cur: aiopg.Cursor, requested_by: str, notify_email: bool) -> str:
+    await cur.execute(
+        "INSERT INTO build_requests (requested_by, notify_email)"
+        " VALUES (%(by)s, %(notify)s) RETURNING id::text AS id",
+        {"by": requested_by, "notify": notify_email},
+    )
+    return (await cur.fetchone())["id"]
+
+
+async def link_build(cur: aiopg.Cursor, request_id: str, build_id: str) -> None:
+    await cur.execute(
+        "INSERT INTO request_builds (request_id, build_id) VALUES (%(r)s, %(b)s)"
+        " ON CONFLICT DO NOTHING",
+        {"r": request_id, "b": build_id},
+    )
+
+
+async def link_split_build(cur: aiopg.Cursor, parent_id: str, child_id: str) -> None:
+    """A build split off for another Erlang release belongs to its parent's requests."""
+    await cur.execute(
+        """
+        INSERT INTO request_builds (request_id, build_id)
+        SELECT request_id, %(child)s FROM request_builds WHERE build_id = %(parent)s
+        ON CONFLICT DO NOTHING
+        """,
+        {"parent": parent_id, "child": child_id},
+    )
+
+
+async def record_delivery(cur: aiopg.Cursor, delivery_id: str, event: str) -> bool:
+    """Remember a webhook delivery; False when it was seen before."""
+    await cur.execute(
+        "INSERT INTO webhook_deliveries (delivery_id, event) VALUES (%(id)s, %(event)s)"
+        " ON CONFLICT DO NOTHING",
+        {"id": delivery_id, "event": event},
+    )
+    return cur.rowcount == 1
+
+
+async def take_complete_requests(cur: aiopg.Cursor, build_id: str) -> list[str]:
+    """The requests of this build that wanted a report and have now wholly ended.
+
+    Marks them reported in the same statement, so that two workers finishing the last
+    two builds of a request at once cannot both send its mail.
+    """
+    await cur.execute(
+        """
+        UPDATE build_requests r SET reported_at = now()
+        WHERE r.id IN (SELECT request_id FROM request_builds WHERE build_id = %(id)s)
+          AND r.notify_email AND r.reported_at IS NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM request_builds rb JOIN builds b ON b.id = rb.build_id
+              WHERE rb.request_id = r.id AND b.status IN ('queued', 'running'))
+        RETURNING r.id::text AS id
+        """,
+        {"id": build_id},
+    )
+    return [row["id"] for row in await cur.fetchall()]
+
+
+async def request_report(cur: aiopg.Cursor, request_id: str) -> list[Row]:
+    await cur.execute(
+        """
+        SELECT b.id::text AS id, b.status::text AS status, b.ref, b.erl_version, b.message,
+               b.author_email, b.artifact_sha256, r.namespace, r.name
+        FROM request_builds rb
+        JOIN builds b ON b.id = rb.build_id
+        JOIN repositories r ON r.id = b.repository_id
+        WHERE rb.request_id = %(id)s AND b.status <> 'cancelled'
+        ORDER BY r.namespace, r.name, b.ref, b.erl_version
+        """,
+        {"id": request_id},
+    )
+    return await cur.fetchall()
+
+
+# --- the queue as people see it ---------------------------------------------------
+
+_POSITION = """
+    CASE WHEN b.status = 'queued' THEN (
+        SELECT count(*) + 1 FROM builds q
+        WHERE q.status = 'queued'
+          AND (q.priority > b.priority OR (q.priority = b.priority AND q.created_at < b.created_at)))
+    END
+"""
+
+
+async def queue_listing(cur: aiopg.Cursor, limit: int) -> list[Any]:
+    """Running builds, then queued ones in the order they will run."""
+    await cur.execute(
+        f"""
+        SELECT json_build_object(
+            'build_id', b.id, 'full_name', r.namespace || '/' || r.name, 'ref', b.ref,
+            'erl_version', b.erl_version, 'status', b.status, 'priority', b.priority,
+            'requested_by', b.requested_by, 'created_at', b.created_at,
+            'started_at', b.started_at, 'position', {_POSITION}) AS doc
+        FROM builds b JOIN repositories r ON r.id = b.repository_id
+        WHERE b.status IN ('running', 'queued')
+        ORDER BY b.status = 'queued', b.priority DESC, coalesce(b.started_at, b.created_at)
+        LIMIT %(limit)s
+        """,
+        {"limit": limit},
+    )
+    return [row["doc"] for row in await cur.fetchall()]
+
+
+async def queue_position(cur: aiopg.Cursor, build_id: str) -> int | None:
+    await cur.execute(f"SELECT {_POSITION} AS position FROM builds b WHERE b.id = %(id)s",
+                      {"id": build_id})
+    row = await cur.fetchone()
+    return None if row is None else row["position"]
+
+
+async def queue_counts(cur: aiopg.Cursor) -> dict[str, int]:
+    await cur.execute(
+        "SELECT status::text AS status, count(*) AS n FROM builds"
+        " WHERE status IN ('queued', 'running') GROUP BY status"
+    )
+    counts = {"queued": 0, "running": 0}
+    counts.update({row["status"]: row["n"] for row in await cur.fetchall()})
+    return counts
+
+
+# --- dependencies -----------------------------------------------------------------
+
+async def built_or_pending(cur: aiopg.Cursor, namespace: str, name: str, ref: str,
+                           erl_version: str) -> bool:
+    """Whether this version has a successful build here, or one queued or running."""
+    await cur.execute(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM repositories r
+            JOIN package_versions pv ON pv.repository_id = r.id
+            WHERE r.namespace = %(ns)s AND r.name = %(name)s AND pv.ref = %(ref)s
+              AND pv.erl_version = %(erl)s AND pv.success_build_id IS NOT NULL
+        ) OR EXISTS (
+            SELECT 1 FROM repositories r JOIN builds b ON b.repository_id = r.id
+            WHERE r.namespace = %(ns)s AND r.name = %(name)s AND b.ref = %(ref)s
+              AND coalesce(b.erl_version, %(erl)s) = %(erl)s
+              AND b.status IN ('queued', 'running')
+        ) AS found
+        """,
+        {"ns": namespace, "name": name, "ref": ref, "erl": erl_version},
+    )
+    return (await cur.fetchone())["found"]

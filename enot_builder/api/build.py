@@ -10,7 +10,8 @@ from .. import store, validation
 from ..db import cursor
 from ..errors import ApiError, envelope, error_response
 from ..keys import CONFIG, POOL, QUEUE
-from ..submission import BuildRequest, submit
+from ..build_requests import BuildRequest
+from ..submission import submit
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 

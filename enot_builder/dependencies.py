@@ -1,0 +1,70 @@
+"""Building what a package depends on: its tagged dependencies, down the whole tree.
+
+After a successful build, each direct dependency pinned to a tag that has no
+successful (or pending) build here for the same Erlang release is queued below the
+requests of people. When that one succeeds, its own dependencies follow, and so on;
+a diamond or a cycle meets a version already built or pending and stops there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiopg
+import psycopg2
+
+from . import store, validation
+from .config import Config
+from .db import cursor
+from .errors import ApiError
+from .build_requests import PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
+
+log = logging.getLogger(__name__)
+
+
+def full_name_from_url(url: str) -> tuple[str, str]:
+    """namespace/name from a clone URL's last two path parts (without .git)."""
+    parts = [p for p in urlsplit(url).path.split("/") if p]
+    if len(parts) < 2:
+        raise validation.bad(f"cannot tell namespace/name from {url}")
+    name = parts[-1][:-4] if parts[-1].endswith(".git") else parts[-1]
+    return validation.full_name(f"{parts[-2]}/{name}", "dependency")
+
+
+async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, Any],
+                             pins: list[tuple[str, str]]) -> list[str]:
+    """Queue the missing tagged dependencies of a finished build; return what was queued."""
+    parent = f"{build['namespace']}/{build['name']} {build['ref']}"
+    erl_version = build["erl_version"]
+    queued = []
+    for url, tag in pins:
+        try:
+            clone_url = validation.clone_url(url, config.git)
+            ref = validation.ref(tag)
+            namespace, name = full_name_from_url(clone_url)
+        except ApiError as e:
+            log.info("dependency %s %s of %s is not built here: %s", url, tag, parent, e.message)
+            continue
+        try:
+            async with cursor(pool) as cur:
+                if await store.built_or_pending(cur, namespace, name, ref, erl_version):
+                    continue
+                async with cur.begin():
+                    entries = await queue_in_transaction(cur, BuildRequest(
+                        namespace, name, clone_url,
+                        [validation.VersionRequest(ref, erl_version)],
+                        notify_email=False, requested_by=f"dependency of {parent}",
+                        priority=PRIORITY_DEPENDENCY))
+        except ApiError as e:  # bound to another clone URL: not ours to build
+            log.info("dependency %s/%s of %s skipped: %s", namespace, name, parent, e.message)
+            continue
+        except psycopg2.Error as e:
+            log.warning("cannot queue dependency %s/%s %s of %s: %s", namespace, name, ref,
+                        parent, e)
+            continue
+        queued += [entry["build_id"] for entry in entries]
+        log.info("queued dependency %s/%s %s (Erlang %s) of %s", namespace, name, ref,
+                 erl_version, parent)
+    return queued
