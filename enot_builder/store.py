@@ -359,8 +359,8 @@ async def artifact(cur: aiopg.Cursor, build_id: str) -> Row | None:
 
 async def build_log_info(cur: aiopg.Cursor, build_id: str) -> Row | None:
     await cur.execute(
-        "SELECT id::text AS id, status::text AS status, log_path, message FROM builds"
-        " WHERE id = %(id)s",
+        f"SELECT b.id::text AS id, b.status::text AS status, b.log_path, b.message,"
+        f" {_POSITION} AS position FROM builds b WHERE b.id = %(id)s",
         {"id": build_id},
     )
     return await cur.fetchone()

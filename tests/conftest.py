@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,8 +27,6 @@ from enot_builder import pgcluster
 from enot_builder.app import create_app
 
 from . import projects
-
-TABLES = "builds, package_versions, repositories"
 
 
 def world_readable_tempdir(prefix: str) -> Path:
@@ -68,10 +67,13 @@ def db_conn(pg_dsn: str) -> Iterator[Any]:
 
 @pytest.fixture
 def clean_db(db_conn: Any) -> None:
+    """Empty every table but the schema version between tests."""
     with db_conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('builds') IS NOT NULL")
-        if cur.fetchone()[0]:
-            cur.execute(f"TRUNCATE {TABLES} CASCADE")
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                    " AND tablename <> 'schema_version'")
+        tables = [row[0] for row in cur.fetchall()]
+        if tables:
+            cur.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
 
 
 @pytest.fixture
@@ -121,12 +123,25 @@ async def client(aiohttp_client: Any, config: config_module.Config) -> TestClien
     return await aiohttp_client(create_app(config))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def make_client(aiohttp_client: Any, pg_dsn: str, data_dir: Path,
                 clean_db: None) -> Callable[..., Any]:
-    """A client on a configuration with some settings changed: make_client(builds__timeout=5)."""
+    """A client on a configuration with some settings changed: make_client(builds__timeout=5).
+
+    The server listens on a port chosen first, so that its public_url (which the
+    builder's own enot uses as its remote cache, and mails link to) is right.
+    """
     async def make(**overrides: Any) -> TestClient:
-        return await aiohttp_client(create_app(make_config(pg_dsn, data_dir, **overrides)))
+        port = free_port()
+        overrides.setdefault("server__public_url", f"http://127.0.0.1:{port}")
+        app = create_app(make_config(pg_dsn, data_dir, **overrides))
+        return await aiohttp_client(app, server_kwargs={"port": port})
     return make
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,9 @@ from typing import Any, Iterator
 
 import pytest
 from . import http, projects
-from .conftest import running_processes
+from .conftest import free_port, running_processes
 
 SERVER = [sys.executable, "-m", "enot_builder"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

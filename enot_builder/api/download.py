@@ -83,7 +83,8 @@ async def build_log(request: web.Request) -> web.StreamResponse:
 
 def _placeholder(info: dict) -> str:
     if info["status"] == "queued":
-        return f"Build {info['id']} is queued; its log starts when it runs.\n"
+        return (f"Build {info['id']} is queued at position {info['position']}; "
+                "its log starts when it runs.\n")
     return f"Build {info['id']} ({info['status']}) has no log. {info['message']}\n"
 
 

@@ -1,0 +1,103 @@
+"""Recursive dependency builds through a local GitHub mirror (git.rewrites)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from . import projects
+from .conftest import wait_for_status
+
+
+def dep(name: str, tag: str = "1.0.0") -> dict[str, str]:
+    return {"name": name, "url": f"https://github.com/tester/{name}", "tag": tag}
+
+
+async def mirrored(make_client: Any, repos_dir: Path) -> TestClient:
+    return await make_client(git__rewrites={"https://github.com/": f"file://{repos_dir}/"},
+                             builds__workers=2)
+
+
+async def settle(client: TestClient, db_conn: Any, expected: int, timeout: float = 180) -> dict:
+    """Wait until `expected` builds exist and none is pending; return name -> builds."""
+    for _ in range(int(timeout * 5)):
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT r.name, b.status, b.requested_by, b.priority FROM builds b"
+                        " JOIN repositories r ON r.id = b.repository_id ORDER BY b.created_at")
+            rows = cur.fetchall()
+        if len(rows) >= expected and all(s not in ("queued", "running") for _, s, _, _ in rows):
+            by_name: dict[str, list] = {}
+            for name, status, by, priority in rows:
+                by_name.setdefault(name, []).append((status, by, priority))
+            return by_name
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"builds did not settle: {rows}")
+
+
+async def test_three_level_chain_then_top_fetches_from_server(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    make_repo("tester/leaf", projects.enot_project("leaf"))
+    make_repo("tester/middle", projects.enot_project(
+        "middle", deps=[dep("leaf")], body="hi() -> leaf:hi()."))
+    make_repo("tester/top", projects.enot_project(
+        "top", deps=[dep("middle")], body="hi() -> middle:hi()."))
+    client = await mirrored(make_client, repos_dir)
+    r = await client.post("/buildSync", json={"full_name": "tester/top",
+                                              "clone_url": "https://github.com/tester/top",
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    top_id = (await r.json())["response"][0]["build_id"]
+    builds = await settle(client, db_conn, 3)
+    assert builds["top"] == [("succeeded", "api", 10)]
+    assert builds["middle"] == [("succeeded", "dependency of tester/top 1.0.0", 0)]
+    assert builds["leaf"] == [("succeeded", "dependency of tester/middle 1.0.0", 0)]
+    first_log = await (await client.get("/build_log", params={"build_id": top_id})).text()
+    assert "Extract" not in first_log  # nothing here yet: enot cloned middle and leaf
+
+    # Now that the tree is built here, the top package's own build gets it from us.
+    r = await client.post("/rebuild", json={"build_id": top_id})
+    again = (await r.json())["response"][0]["build_id"]
+    done = await wait_for_status(client, again, ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["message"]
+    log = await (await client.get("/build_log", params={"build_id": again})).text()
+    assert "Extract /tmp/enot/middle.ep" in log, log
+    assert "fetch /tmp/enot/middle" not in log, log
+    await asyncio.sleep(0.5)
+    assert (await settle(client, db_conn, 4))["middle"] == builds["middle"]  # not rebuilt
+
+
+async def test_diamond_builds_each_dependency_once(make_client: Any, make_repo: Any,
+                                                   repos_dir: Path, db_conn: Any) -> None:
+    make_repo("tester/base", projects.enot_project("base"))
+    make_repo("tester/left", projects.enot_project("left", deps=[dep("base")]))
+    make_repo("tester/right", projects.enot_project("right", deps=[dep("base")]))
+    make_repo("tester/apex", projects.enot_project("apex", deps=[dep("left"), dep("right")]))
+    client = await mirrored(make_client, repos_dir)
+    r = await client.post("/buildSync", json={"full_name": "tester/apex",
+                                              "clone_url": "https://github.com/tester/apex",
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    builds = await settle(client, db_conn, 4)
+    assert sorted(builds) == ["apex", "base", "left", "right"]
+    assert all(len(b) == 1 and b[0][0] == "succeeded" for b in builds.values()), builds
+
+
+async def test_dependency_outside_the_allow_list_is_not_built(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    make_repo("tester/lonely", projects.enot_project("lonely"))
+    make_repo("x/far", projects.enot_project("far"))
+    make_repo("tester/host", projects.enot_project(
+        "host", deps=[dep("lonely"),
+                      {"name": "far", "url": "https://elsewhere.example/x/far", "tag": "1.0.0"}]))
+    # enot may clone both through the mirror, but only github.com is on the allow-list.
+    client = await make_client(git__rewrites={"https://github.com/": f"file://{repos_dir}/",
+                                              "https://elsewhere.example/": f"file://{repos_dir}/"})
+    r = await client.post("/buildSync", json={"full_name": "tester/host",
+                                              "clone_url": "https://github.com/tester/host",
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    builds = await settle(client, db_conn, 2)
+    assert sorted(builds) == ["host", "lonely"]
