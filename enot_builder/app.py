@@ -17,7 +17,8 @@ from .builder import Builder
 from .mail import Mailer
 from .config import Config
 from .errors import error_middleware
-from .keys import BUILDER, CONFIG, MAILER, POOL, QUEUE, TOOLCHAIN
+from .erts import ErtsCache
+from .keys import BUILDER, CONFIG, ERTS, MAILER, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
 from .queue import BuildQueue
 from .routes import setup_routes
 from .sandbox import Sandbox
@@ -63,7 +64,9 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     for problem in found.problems(config):
         log.warning("cannot build: %s", problem)
     app[TOOLCHAIN] = found
+    app[TOOL_VERSIONS] = await asyncio.to_thread(toolchains.tool_versions, found)
     app[BUILDER] = Builder(config, found, Sandbox(config.builds, found))
+    app[ERTS] = ErtsCache(config.data_dir / "erts")
     yield
 
 

@@ -91,8 +91,9 @@ class Builder:
         """Create the data layout; work/ is emptied: nothing in it survives a restart."""
         for directory in (self.artifacts_dir, self.logs_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        if self.work_root.exists():
-            remove_tree(self.work_root)
+        for transient in (self.work_root, self.data_dir / "sources"):
+            if transient.exists():
+                remove_tree(transient)
         self.work_root.mkdir(parents=True)
         # Builds run as an unprivileged user that must reach its own work directory.
         for directory in (self.data_dir, self.work_root):
@@ -116,6 +117,10 @@ class Builder:
             except OSError as e:
                 log.exception("build %s failed on the server side", build_id)
                 outcome = Outcome(False, f"server error while building: {e.strerror or e}")
+            except Exception:
+                # A bug of ours must not kill the worker or leave the build running.
+                log.exception("build %s failed on an internal error", build_id)
+                outcome = Outcome(False, "internal error of the build server; it has been logged")
             finally:
                 await asyncio.to_thread(remove_tree, work_dir)
             build_log.line(("SUCCESS: " if outcome.succeeded else "FAILED: ") + outcome.message)
@@ -133,8 +138,15 @@ class Builder:
         self._write_git_config(work_dir)
         self._hand_over(work_dir)
 
-        # 1. The tag, and nothing but the tag.
-        await self._clone(build, work_dir, root, src_rel, build_log, deadline)
+        # 1. The tag, and nothing but the tag: cloned, or copied from the clone of the
+        # build this one was split off from (one clone serves every Erlang release).
+        snapshot = self.snapshot_path(str(build["parent_id"])) if build["parent_id"] else None
+        if snapshot is not None and snapshot.is_dir():
+            build_log.line("source copied from the clone of build " + str(build["parent_id"]))
+            await asyncio.to_thread(shutil.copytree, snapshot, src, symlinks=True)
+            self._hand_over(work_dir)
+        else:
+            await self._clone(build, work_dir, root, src_rel, build_log, deadline)
         sha, email = await self._source(work_dir, root, src_rel, build_log, deadline)
         await hooks.source_known(sha, email)
         build_log.line(f"commit {sha}" + (f" by {email}" if email else ""))
@@ -142,9 +154,7 @@ class Builder:
         # 2. Which Erlang.
         erl_version = build["erl_version"]
         if erl_version is None:
-            wanted = package_erlang_versions(src) or [self._default_erlang()]
-            build_log.line(f"Erlang releases from the package or the default: {', '.join(wanted)}")
-            erl_version = await hooks.releases_known(wanted)
+            erl_version = await self._choose_releases(build, src, hooks, build_log)
         erlang = self.toolchain.erlangs.get(erl_version)
         if erlang is None:
             installed = ", ".join(sorted(self.toolchain.erlangs)) or "none"
@@ -171,6 +181,31 @@ class Builder:
 
         # 4. Keep the artifact.
         return await asyncio.to_thread(self._store_artifact, build, src)
+
+    async def _choose_releases(self, build: dict[str, Any], src: Path, hooks: BuildHooks,
+                               build_log: BuildLog) -> str:
+        """The package's releases (or the default): this build takes the first, the rest
+        are queued as builds of their own that copy this clone instead of cloning."""
+        wanted = package_erlang_versions(src) or [self._default_erlang()]
+        build_log.line(f"Erlang releases from the package or the default: {', '.join(wanted)}")
+        installed = [release for release in wanted if release in self.toolchain.erlangs]
+        for release in wanted:
+            if release not in installed:
+                build_log.line(f"Erlang/OTP {release} is not installed here; not built")
+        if not installed:
+            raise BuildFailure(
+                f"none of the package's Erlang releases ({', '.join(wanted)}) is installed "
+                f"on this server (installed: {', '.join(sorted(self.toolchain.erlangs)) or 'none'})")
+        if len(installed) > 1:
+            await asyncio.to_thread(shutil.copytree, src, self.snapshot_path(str(build["id"])),
+                                    symlinks=True)
+        return await hooks.releases_known(installed)
+
+    def snapshot_path(self, build_id: str) -> Path:
+        return self.data_dir / "sources" / build_id
+
+    def drop_snapshot(self, build_id: str) -> None:
+        remove_tree(self.snapshot_path(build_id))
 
     async def _clone(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
                      build_log: BuildLog, deadline: float) -> None:

@@ -56,7 +56,7 @@ class BuildsConfig:
     timeout: int = 1800
     clone_timeout: int = 300
     # Erlang release used when neither the request nor enot_config.json names one;
-    # empty means the release of the first installation found.
+    # empty means the newest installed release.
     default_erlang: str = ""
     # Where the Erlang/OTP installations are: release -> installation directory.
     # The system `erl` is always looked at too.

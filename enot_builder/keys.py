@@ -7,6 +7,7 @@ from aiohttp import web
 
 from .builder import Builder
 from .config import Config
+from .erts import ErtsCache
 from .mail import Mailer
 from .queue import BuildQueue
 from .toolchains import Toolchain
@@ -17,3 +18,5 @@ TOOLCHAIN = web.AppKey("toolchain", Toolchain)
 BUILDER = web.AppKey("builder", Builder)
 QUEUE = web.AppKey("queue", BuildQueue)
 MAILER = web.AppKey("mailer", Mailer)
+ERTS = web.AppKey("erts", ErtsCache)
+TOOL_VERSIONS = web.AppKey("tool_versions", dict)

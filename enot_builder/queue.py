@@ -142,6 +142,9 @@ class BuildQueue:
                                                                outcome.dependencies)
                 self.wake(len(queued))
             async with cursor(self.pool) as cur:
+                family = str(build["parent_id"] or build_id)
+                if not await store.family_pending(cur, family):
+                    await asyncio.to_thread(self.builder.drop_snapshot, family)
                 for request_id in await store.take_complete_requests(cur, build_id):
                     report = await store.request_report(cur, request_id)
                     self.mailer.send(mail.compose(report, self.config.public_url,

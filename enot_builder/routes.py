@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .api import build, download, listing, queue_status, webhook
+from .api import build, download, listing, queue_status, toolchain, webhook
 
 
 def setup_routes(app: web.Application) -> None:
@@ -22,3 +22,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/download/{build_id}", download.download)
     app.router.add_post("/get", download.get)
     app.router.add_get("/build_log", download.build_log)
+    app.router.add_get("/download_erts/{version}", toolchain.download_erts)
+
+    app.router.add_get("/health", toolchain.health)

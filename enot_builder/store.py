@@ -513,3 +513,13 @@ async def built_or_pending(cur: aiopg.Cursor, namespace: str, name: str, ref: st
         {"ns": namespace, "name": name, "ref": ref, "erl": erl_version},
     )
     return (await cur.fetchone())["found"]
+
+
+async def family_pending(cur: aiopg.Cursor, root_id: str) -> bool:
+    """Whether a build or one split off from it is still queued or running."""
+    await cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM builds WHERE (id = %(id)s OR parent_id = %(id)s)"
+        " AND status IN ('queued', 'running')) AS pending",
+        {"id": root_id},
+    )
+    return (await cur.fetchone())["pending"]

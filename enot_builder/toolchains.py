@@ -26,7 +26,7 @@ class ErlangInstallation:
     release: str       # "25", as erlang:system_info(otp_release) prints it
     root: Path         # the directory holding bin/erl and erts-*/
     erts_version: str  # "13.1.5"
-    source: str        # where we found it: "config", "system"
+    source: str        # where we found it: "config", "kerl", "system"
 
     @property
     def bin_dir(self) -> Path:
@@ -83,6 +83,49 @@ def _erl_env(root: Path) -> dict[str, str]:
     return {"PATH": f"{root / 'bin'}:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
 
 
+def kerl_installations() -> list[Path]:
+    """Installation directories `kerl list installations` knows, when kerl is here."""
+    kerl = shutil.which("kerl")
+    if kerl is None:
+        return []
+    try:
+        result = subprocess.run([kerl, "list", "installations"], capture_output=True,
+                                text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("kerl list installations failed: %s", e)
+        return []
+    # Lines are "<build name> <directory>"; anything else is kerl talking.
+    return [Path(parts[-1]) for parts in (line.split() for line in result.stdout.splitlines())
+            if len(parts) == 2 and parts[-1].startswith("/")]
+
+
+def tool_versions(toolchain: "Toolchain") -> dict[str, str | None]:
+    """What `check` and /health report of each tool."""
+    def first_line(argv: list[str]) -> str | None:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        lines = (out.stdout or out.stderr).strip().splitlines()
+        return lines[0] if out.returncode == 0 and lines else None
+
+    return {
+        "git": first_line([str(toolchain.git), "--version"]) if toolchain.git else None,
+        "enot": toolchain.enot_version,
+        "bwrap": first_line([str(toolchain.bwrap), "--version"]) if toolchain.bwrap else None,
+    }
+
+
+def erts_directory(installation: ErlangInstallation) -> Path | None:
+    """The erts-<version> directory of an installation."""
+    candidate = installation.root / f"erts-{installation.erts_version}"
+    if candidate.is_dir():
+        return candidate
+    found = sorted(installation.root.glob("erts-*"))
+    return found[-1] if found else None
+
+
 def system_erlang_root() -> Path | None:
     erl = shutil.which("erl")
     if erl is None:
@@ -110,6 +153,11 @@ def enot_version(enot: Path) -> str | None:
     return None
 
 
+def release_order(release: str) -> tuple[int, str]:
+    """Sort key of release names: "9" < "24" < "25"; old "R16B03" names sort first."""
+    return (int(release), "") if release.isdigit() else (0, release)
+
+
 def discover(config: Config) -> Toolchain:
     erlangs: dict[str, ErlangInstallation] = {}
     for label, directory in config.builds.erlang_installations.items():
@@ -121,12 +169,16 @@ def discover(config: Config) -> Toolchain:
                         "it is used as %s", directory, installation.release, label,
                         installation.release)
         erlangs.setdefault(installation.release, installation)
+    for directory in kerl_installations():
+        installation = probe_erlang(directory, "kerl")
+        if installation is not None:
+            erlangs.setdefault(installation.release, installation)
     root = system_erlang_root()
     if root is not None:
         installation = probe_erlang(root, "system")
         if installation is not None:
             erlangs.setdefault(installation.release, installation)
-    default = config.builds.default_erlang or (next(iter(erlangs)) if erlangs else None)
+    default = config.builds.default_erlang or (max(erlangs, key=release_order) if erlangs else None)
     enot = find_enot(config)
     git = shutil.which("git")
     bwrap = shutil.which("bwrap")
