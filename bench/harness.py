@@ -63,6 +63,20 @@ def http(port: int, method: str, path: str, body: Any = None,
         return e.code, e.read()
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: state, ppid, ..., utime (11), stime (12)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of a process, from /proc/<pid>/status, in KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -79,12 +93,14 @@ class Server:
     instead, the same create_app() plus one constant route.
     """
 
-    def __init__(self, workdir: Path, data_dir: Path, workers: int = 1) -> None:
+    def __init__(self, workdir: Path, name: str, workers: int = 1) -> None:
         self.workdir = workdir
-        self.data_dir = data_dir
+        self.data_dir = workdir / f"data-{name}"
+        self.data_dir.mkdir(mode=0o755)
+        data_dir = self.data_dir
         self.port = free_port()
-        self.config_path = workdir / "server.toml"
-        self.log_path = workdir / "server.log"
+        self.config_path = workdir / f"{name}.toml"
+        self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         github = ""
         if "github" in config_module.SECTIONS:
@@ -153,6 +169,25 @@ allowed_schemes = ["https", "file"]
             from enot_builder import pgcluster
             pgcluster.for_config(self.data_dir, "enot-builder").stop()
         self.proc = None
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the server process and by its PostgreSQL cluster."""
+        server = _cpu_seconds(self.pid)
+        postgres = 0.0
+        try:
+            postmaster = int((self.data_dir / "pg" / "data" / "postmaster.pid")
+                             .read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return server, postgres
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = _stat_fields(int(entry))
+                except OSError:
+                    continue
+                if int(entry) == postmaster or int(fields[1]) == postmaster:
+                    postgres += (int(fields[11]) + int(fields[12])) / _TICKS
+        return server, postgres
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -244,10 +279,16 @@ class WrkResult:
     latency_p99_ms: float
     transfer_per_sec: str
     errors: str
+    # CPU time per request of the server process and of its PostgreSQL, when watched.
+    server_us: float | None = None
+    postgres_us: float | None = None
 
     def summary(self) -> str:
+        cpu = ""
+        if self.server_us is not None:
+            cpu = f", CPU/req server {self.server_us:.0f} us + PostgreSQL {self.postgres_us:.0f} us"
         return (f"{self.rps:,.0f} req/s, p50 {self.latency_p50_ms:.2f} ms, "
-                f"p99 {self.latency_p99_ms:.2f} ms, {self.transfer_per_sec}/s"
+                f"p99 {self.latency_p99_ms:.2f} ms{cpu}"
                 + (f", {self.errors}" if self.errors else ""))
 
 
@@ -262,7 +303,8 @@ class Wrk:
         self._n = 0
 
     def run(self, url: str, method: str = "GET", body: Any = None,
-            connections: int | None = None, duration: int | None = None) -> WrkResult:
+            connections: int | None = None, duration: int | None = None,
+            watch: Server | None = None) -> WrkResult:
         assert url.startswith(f"http://{HOST}:"), "load goes to 127.0.0.1 only"
         argv = ["wrk", "-t1", f"-c{connections or self.connections}",
                 f"-d{duration or self.duration}s", "--timeout", "10s", "--latency"]
@@ -274,11 +316,17 @@ class Wrk:
                               f'wrk.body = {_lua_string(payload)}\n'
                               'wrk.headers["Content-Type"] = "application/json"\n')
             argv += ["-s", str(script)]
+        before = watch.cpu_seconds() if watch else None
         out = subprocess.run([*argv, url], capture_output=True, text=True,
                              timeout=(duration or self.duration) + 60)
         if out.returncode != 0:
             raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
-        return parse_wrk(out.stdout)
+        result = parse_wrk(out.stdout)
+        if watch and before and result.requests:
+            after = watch.cpu_seconds()
+            result.server_us = (after[0] - before[0]) / result.requests * 1e6
+            result.postgres_us = (after[1] - before[1]) / result.requests * 1e6
+        return result
 
 
 def _lua_string(text: str) -> str:

@@ -54,19 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     erl = erl_release()
     rows: list[Row] = []
     with Workdir(args.keep) as workdir:
-        data_dir = workdir / "data"
-        data_dir.mkdir(mode=0o755)
-        server = Server(workdir, data_dir, workers=1)
         wrk = Wrk(workdir, args.duration, args.connections)
+        servers: list[Server] = []
         try:
             if "listings" in wanted:
-                # The production app plus the constant route, in a process of its own.
-                log.info("== listings: server with /bench/constant (bench/bench_app.py)")
-                server.start([str(VENV_BIN / "python"), "-m", "bench.bench_app"])
-                rows += _guard("listings", lambda: scenarios.listings(server, wrk, erl,
+                # The production app plus the constant route, in processes of their own,
+                # one on a database of 1,000 builds, one on 1,000,000.
+                log.info("== listings: two servers with /bench/constant (bench/bench_app.py)")
+                small, large = Server(workdir, "listings-1k"), Server(workdir, "listings-1M")
+                servers += [small, large]
+                for s in (small, large):
+                    s.start([str(VENV_BIN / "python"), "-m", "bench.bench_app"])
+                rows += _guard("listings", lambda: scenarios.listings(small, large, wrk, erl,
                                                                       args.rounds))
-                server.stop()
-            log.info("== enot-builder serve on port %d, data in %s", server.port, data_dir)
+                for s in (small, large):
+                    s.stop()
+            server = Server(workdir, "serve", workers=1)
+            servers.append(server)
+            log.info("== enot-builder serve on port %d, data in %s", server.port,
+                     server.data_dir)
             server.start()
             if "downloads" in wanted:
                 log.info("== downloads")
@@ -85,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += _guard("webhooks", lambda: scenarios.webhooks(server, args.webhooks,
                                                                       concurrency=100))
         finally:
-            server.stop()
-            if args.keep:
-                log.info("server log: %s", server.log_path)
+            for s in servers:
+                s.stop()
     elapsed = time.monotonic() - started
     report = render(rows, machine(), elapsed)
     print(report)
