@@ -171,7 +171,9 @@ allowed_schemes = ["https", "file"]
         self.proc = None
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time used so far by the server process and by its PostgreSQL cluster."""
+        """CPU time used so far by the server process and by the PostgreSQL backends of
+        its connections (a backend that exits takes its count with it; the pool keeps
+        its connections, so that does not happen during a run)."""
         server = _cpu_seconds(self.pid)
         postgres = 0.0
         try:
@@ -185,7 +187,16 @@ allowed_schemes = ["https", "file"]
                     fields = _stat_fields(int(entry))
                 except OSError:
                     continue
-                if int(entry) == postmaster or int(fields[1]) == postmaster:
+                if int(fields[1]) != postmaster:
+                    continue
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        title = f.read()
+                except OSError:
+                    continue
+                # Only the backends serving the server's connections ("postgres: user
+                # database [local] ..."), not the checkpointer, WAL writer and the like.
+                if b"[local]" in title:
                     postgres += (int(fields[11]) + int(fields[12])) / _TICKS
         return server, postgres
 

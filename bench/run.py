@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=ALL,
                         help="run only this scenario (repeatable); default: all")
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run (6)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="interleaved wrk rounds per comparison, best kept (2)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved wrk rounds per comparison, best kept (3)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--builds", type=int, default=3, help="timed builds each way (3)")
     parser.add_argument("--webhooks", type=int, default=1000, help="deliveries in the burst")
