@@ -121,7 +121,7 @@ def render(rows: list[Row], info: dict[str, str], elapsed: float) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        value = "" if row.value is None else f"{row.value:.2f}"
+        value = "" if row.value is None else f"{row.value:.3f}"
         met = {True: "yes", False: "**NO**", None: "-"}[row.passed]
         measured = row.measured + (f" ({row.note})" if row.note else "")
         lines.append(f"| {row.scenario} | {measured} | {row.reference} | {value} | "
