@@ -21,9 +21,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg2
 
@@ -255,9 +256,11 @@ http {{
 """)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "stderr.log", "wb"))
+        with open(self.dir / "stderr.log", "wb") as stderr:
+            self.proc = subprocess.Popen(["nginx", "-p", str(self.dir), "-c",
+                                          str(self.dir / "nginx.conf")],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=stderr)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -328,7 +331,7 @@ class Wrk:
                               'wrk.headers["Content-Type"] = "application/json"\n')
             argv += ["-s", str(script)]
         before = watch.cpu_seconds() if watch else None
-        out = subprocess.run([*argv, url], capture_output=True, text=True,
+        out = subprocess.run([*argv, url], capture_output=True, text=True, check=False,
                              timeout=(duration or self.duration) + 60)
         if out.returncode != 0:
             raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
@@ -391,7 +394,7 @@ def machine() -> dict[str, str]:
     """What the figures were measured on."""
     def first(cmd: list[str]) -> str:
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
             return (out.stdout or out.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"

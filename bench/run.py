@@ -105,7 +105,7 @@ def _guard(name: str, run) -> list[Row]:  # type: ignore[no-untyped-def]
     """One broken scenario is reported as such; the others still run."""
     try:
         return run()
-    except Exception as e:  # noqa: BLE001 - the report must say what broke
+    except Exception as e:
         log.exception("scenario %s failed", name)
         return [Row(name, "", "", None, "", None, f"error: {type(e).__name__}: {e}")]
 

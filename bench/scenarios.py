@@ -16,14 +16,25 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
 from . import data
-from .harness import ENOT, HOST, WEBHOOK_SECRET, Nginx, Server, Wrk, WrkResult, http, rss_kib
+from .harness import (
+    ENOT,
+    HOST,
+    WEBHOOK_SECRET,
+    Nginx,
+    Server,
+    Wrk,
+    WrkResult,
+    http,
+    rss_kib,
+)
 
 log = logging.getLogger("bench")
 
