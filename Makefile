@@ -10,8 +10,9 @@ ENOT_VENV := .venv-enot
 CONFIG    ?=
 SYSTEM_USER := enot-builder
 APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv
+BENCH_APT_PACKAGES := nginx-light wrk curl
 
-.PHONY: help install system-deps run test lint clean
+.PHONY: help install system-deps run test bench bench-deps lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -64,9 +65,27 @@ run: install  ## install, migrate and serve on 127.0.0.1:8080
 test: install  ## install and run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+bench: install bench-deps  ## run the benchmark suite against a real server (about 5 min; see bench/README.md)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+bench-deps:
+	@missing=""; \
+	for pkg in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "Missing Debian packages for the bench:$$missing"; \
+	    echo "Run as root: apt-get update && apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	  echo "Installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
 lint:  ## ruff over the package and tests
 	$(VENV)/bin/pip install -q ruff
-	$(VENV)/bin/ruff check enot_builder tests
+	$(VENV)/bin/ruff check enot_builder tests bench
 
 clean:  ## remove the virtualenvs and build output (keeps data/)
 	rm -rf $(VENV) $(ENOT_VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The benchmark suite of enot-builder; see bench/README.md."""
