@@ -61,7 +61,7 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     for problem in found.problems(config):
         log.warning("cannot build: %s", problem)
     app[TOOLCHAIN] = found
-    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found))
+    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found, protected=(config.data_dir,)))
     yield
 
 

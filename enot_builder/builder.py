@@ -159,6 +159,7 @@ class Builder:
             self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
                                  erlang=erlang),
             build_log, deadline - time.monotonic())
+        check_log_full(step, build_log)
         if step.timed_out:
             raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
                                "and was stopped")
@@ -193,6 +194,7 @@ class Builder:
             self.sandbox.command(argv, work_dir=work_dir, cwd=root, env=env, network=True,
                                  read_only=read_only),
             build_log, timeout)
+        check_log_full(step, build_log)
         if step.timed_out:
             raise BuildFailure(f"git clone did not finish within {int(timeout)} s")
         if step.returncode != 0:
@@ -293,6 +295,12 @@ class Builder:
         os.replace(temporary, target)
         _fsync_dir(target_dir)
         return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size)
+
+
+def check_log_full(step: process.StepResult, build_log: BuildLog) -> None:
+    if step.log_full:
+        raise BuildFailure(f"the build's output exceeded the log limit of "
+                           f"{build_log.output_limit} bytes, so it was stopped")
 
 
 def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> None:
