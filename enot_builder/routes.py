@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import openapi
 from .api import build, download, listing
 
 
@@ -20,3 +21,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/download/{build_id}", download.download)
     app.router.add_post("/get", download.get)
     app.router.add_get("/build_log", download.build_log)
+
+    app.router.add_get("/openapi.json", openapi.openapi_json)
