@@ -310,3 +310,23 @@ async def test_missing_bubblewrap_fails_builds_clearly(client: TestClient,
     assert 'sandbox = "none"' in build["message"]
     assert "Traceback" not in log
 
+
+
+@pytest.mark.parametrize("where", ["data_dir", "parent", "inside", "root"])
+async def test_file_urls_cannot_show_the_data_dir(client: TestClient, data_dir: Path,
+                                                  where: str) -> None:
+    """A file:// source is bound read-only into the clone's sandbox: never the data dir."""
+    path = {"data_dir": data_dir, "parent": data_dir.parent, "inside": data_dir / "logs",
+            "root": Path("/")}[where]
+    url = f"file://{path}"
+    r = await client.post("/buildAsync", json={"full_name": "hostile/peek", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    build_id = (await r.json())["response"][0]["build_id"]
+    async with cursor(client.server.app[POOL]) as cur:
+        while (build := await store.get_build(cur, build_id))["status"] not in TERMINAL:
+            await asyncio.sleep(0.2)
+    assert build["status"] == "failed"
+    expected = ("refusing to show the whole file system to a build" if where == "root"
+                else f"{path} would show the server's data directory to the build")
+    assert build["message"] == f"the build sandbox is not usable: {expected}"
