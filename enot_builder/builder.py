@@ -182,8 +182,14 @@ class Builder:
             # Only reachable when the operator allowed file:// (tests do).
             local = Path(unquote(urlsplit(url).path))
             read_only = (local,)
-            git_config += ["-c", "protocol.file.allow=always", "-c", f"safe.directory={local}",
-                           "-c", f"safe.directory={local}/.git"]
+            git_config += ["-c", "protocol.file.allow=always"]
+            # The source is root's; in the sandbox's user namespace it looks owned by the
+            # overflow uid, which git calls dubious unless the build user is `nobody`.
+            # safe.directory must come from global config: git drops `-c` settings
+            # when it starts upload-pack for a local clone.
+            quoted = '"' + str(local).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            (work_dir / "home" / ".gitconfig").write_text(
+                f"[safe]\n\tdirectory = {quoted}\n\tdirectory = {quoted[:-1]}/.git\"\n")
         argv = ["git", *git_config, "clone", "--quiet", "--depth", "1", "--single-branch",
                 "--no-tags", "--branch", build["ref"], "--", url, src_rel]
         env = {"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true",
