@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import tarfile
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -113,8 +115,9 @@ async def test_fork_bomb_is_contained(make_client: Any, make_repo: Any,
     # Every task of the build user is gone within moments (the kernel tears the PID
     # namespace down after its init is killed).
     for _ in range(50):
-        tasks = subprocess.run(["ps", "-L", "-u", own_build_user, "--no-headers"],
-                               capture_output=True, text=True).stdout
+        tasks = (await asyncio.to_thread(
+            subprocess.run, ["ps", "-L", "-u", own_build_user, "--no-headers"],
+            check=False, capture_output=True, text=True)).stdout
         if not tasks:
             break
         await asyncio.sleep(0.1)
@@ -250,8 +253,9 @@ async def listener() -> AsyncIterator[dict[str, Any]]:
 
 
 def connect_probe(port: int, tag: str) -> list[str]:
-    return [f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' && echo connected-{tag} "
-            f"|| echo refused-{tag}"]
+    probe = (f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' && echo connected-{tag} "
+             f"|| echo refused-{tag}")
+    return [probe]
 
 
 async def test_no_network_when_network_is_off(make_client: Any, make_repo: Any,
@@ -286,7 +290,7 @@ async def test_background_processes_die_with_the_build(client: TestClient,
         f"setsid nohup sleep {quiet} > /dev/null 2>&1 &",
         f"setsid sleep {loud} &",  # this one keeps the output pipe open
     ]))
-    build, log = await hostile_build(client, "daemon", url)
+    build, _ = await hostile_build(client, "daemon", url)
     assert build["status"] == "succeeded", build["message"]
     await asyncio.sleep(0.5)
     assert running_processes(f"sleep {quiet}") == []
@@ -297,8 +301,8 @@ async def test_enot_config_symlink_to_a_server_file_is_not_followed(
         client: TestClient, make_repo: Any, secret_config: dict[str, Any]) -> None:
     # A host file that, if the builder followed the link, would pick Erlang 24.
     bait = secret_config["path"].parent / "bait.json"
-    bait.write_text('{"name": "linked", "erlang": ["24"], "secret": "%s"}'
-                    % secret_config["secret"])
+    bait.write_text(json.dumps({"name": "linked", "erlang": ["24"],
+                                "secret": secret_config["secret"]}))
     bait.chmod(0o644)
     files = projects.enot_project("linked")
     url = make_repo("linked", files, symlinks={"enot_config.json": str(bait)})

@@ -16,7 +16,7 @@ ALPHABET = "ab1.-/@{}~^:?*[]\\ \t\x01\x7f_lockéé$'\"`;|<>#!"
 
 def git_accepts(ref: str) -> bool:
     result = subprocess.run(["git", "check-ref-format", f"refs/tags/{ref}"],
-                            capture_output=True, timeout=10)
+                            check=False, capture_output=True, timeout=10)
     return result.returncode == 0
 
 
