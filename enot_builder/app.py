@@ -65,7 +65,7 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
         log.warning("cannot build: %s", problem)
     app[TOOLCHAIN] = found
     app[TOOL_VERSIONS] = await asyncio.to_thread(toolchains.tool_versions, found)
-    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found))
+    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found, protected=(config.data_dir,)))
     app[ERTS] = ErtsCache(config.data_dir / "erts")
     yield
 

@@ -172,6 +172,7 @@ class Builder:
             self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
                                  erlang=erlang, read_only=self._local_sources()),
             build_log, deadline - time.monotonic())
+        check_log_full(step, build_log)
         if step.timed_out:
             raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
                                "and was stopped")
@@ -230,6 +231,7 @@ class Builder:
             self.sandbox.command(argv, work_dir=work_dir, cwd=root, env=env, network=True,
                                  read_only=self._local_sources(url)),
             build_log, timeout)
+        check_log_full(step, build_log)
         if step.timed_out:
             raise BuildFailure(f"git clone did not finish within {int(timeout)} s")
         if step.returncode != 0:
@@ -363,6 +365,12 @@ def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]
                 and isinstance(dep.get("tag"), str) and dep["tag"]:
             pins.append((dep["url"], dep["tag"]))
     return pins
+
+
+def check_log_full(step: process.StepResult, build_log: BuildLog) -> None:
+    if step.log_full:
+        raise BuildFailure(f"the build's output exceeded the log limit of "
+                           f"{build_log.output_limit} bytes, so it was stopped")
 
 
 def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, Any]:

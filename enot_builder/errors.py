@@ -64,6 +64,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
             message = f"Method {request.method} not allowed for {request.path}" + (
                 f"; use {allowed}" if allowed else "")
+            response = error_response(405, message)
+            if allowed:
+                response.headers["Allow"] = allowed  # RFC 9110 wants it on a 405
+            return response
         elif e.status == 404:
             message = f"Not found: {request.path}"
         return error_response(e.status, message)

@@ -2,7 +2,9 @@
 
 Stopping a step is terminate, a grace period, kill, wait. The step runs in a session
 of its own so the whole group can be signalled; inside the sandbox the PID namespace
-takes every descendant down with it as well.
+takes every descendant down with it as well. A step is stopped when it runs past its
+time, and when its output fills the build log: output past the log's limit is a
+runaway build, and reading it forever would only burn the server's CPU.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class StepResult:
     timed_out: bool
     seconds: float
     output: bytes  # the first bytes of output, for messages (the log has it all)
+    log_full: bool = False  # stopped because its output filled the build log
 
 
 async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
@@ -39,6 +42,7 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True, cwd="/")
     captured = bytearray()
+    log_full = asyncio.Event()
 
     async def pump() -> None:
         assert proc.stdout is not None
@@ -50,18 +54,26 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
                 captured.extend(chunk[:capture - len(captured)])
             if log_to is not None:
                 log_to.write(chunk)
+                if log_to.truncated:
+                    log_full.set()
 
     reader = asyncio.create_task(pump())
+    exited = asyncio.create_task(proc.wait())
+    full = asyncio.create_task(log_full.wait())
     timed_out = False
     try:
-        await asyncio.wait_for(proc.wait(), timeout=max(timeout, 0.1))
-    except TimeoutError:
-        timed_out = True
-        await stop(proc)
+        done, _ = await asyncio.wait({exited, full}, timeout=max(timeout, 0.1),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if exited not in done:
+            timed_out = not log_full.is_set()
+            await stop(proc)
     except BaseException:
         await asyncio.shield(stop(proc))
         reader.cancel()
         raise
+    finally:
+        for task in (exited, full):
+            task.cancel()
     # A descendant that escaped the process group could hold the pipe open: give the
     # reader a moment, then stop waiting for it.
     try:
@@ -72,7 +84,7 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
         with contextlib.suppress(asyncio.CancelledError):
             await reader
     return StepResult(None if timed_out else proc.returncode, timed_out,
-                      time.monotonic() - started, bytes(captured))
+                      time.monotonic() - started, bytes(captured), log_full.is_set())
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:

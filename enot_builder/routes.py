@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import openapi
 from .api import build, download, listing, queue_status, toolchain, webhook
 
 
@@ -25,3 +26,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/download_erts/{version}", toolchain.download_erts)
 
     app.router.add_get("/health", toolchain.health)
+
+    app.router.add_get("/openapi.json", openapi.openapi_json)

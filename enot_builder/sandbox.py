@@ -4,6 +4,8 @@ Every step of a build (git clone, enot) runs as
 
     prlimit <limits> -- [setpriv <build user>] -- bwrap <namespaces, mounts> -- env -i <env> cmd
 
+- the chain starts from an empty environment (`env -i`): bubblewrap's own process is
+  PID 1 inside the sandbox, and its /proc/1/environ must not hold the server's;
 - prlimit bounds CPU time, address space, processes and the size of files written;
 - setpriv drops to an unprivileged build user when the server is root, so that the
   process limit counts the build's processes and nothing it does is done as root;
@@ -13,13 +15,26 @@ Every step of a build (git clone, enot) runs as
   directory, database socket, other builds) exists. --die-with-parent and the PID
   namespace make the whole process tree die with the step or with the server;
 - the environment holds only what the build needs.
+
+Limits that are not airtight, on purpose or by the kernel's design:
+- RLIMIT_NPROC counts every process of the build user, wherever it runs, so builds
+  running at the same time share `max_processes` (as do other processes of that user:
+  give builds a user of their own). A fork bomb stops growing at that count, cannot
+  leave the PID namespace, and dies with the step at the wall-clock timeout.
+- Memory is bounded per process (address space), not per build; the tmpfs mounts
+  (/tmp, /dev/shm) are bounded by `max_file_size_mb` each.
+- The work directory is on the server's disk: each file is bounded by
+  `max_file_size_mb`, their number is not. Keep `storage.data_dir` on a filesystem
+  where a full disk hurts only builds.
+- With `network = true` the build shares the host's network namespace: it reaches
+  what the host reaches, including services on 127.0.0.1 and abstract Unix sockets.
+  Keep the database on its Unix socket (the private cluster does) or behind a password.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +44,13 @@ from .toolchains import ErlangInstallation, Toolchain
 SANDBOX_ROOT = "/build"
 # Files of /etc a build may read: name resolution and TLS roots for https clones,
 # the user database for tools that look themselves up, and Debian's alternatives.
-ETC_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "passwd", "group", "ssl",
-             "ca-certificates", "ca-certificates.conf", "alternatives", "ld.so.cache",
-             "ld.so.conf", "ld.so.conf.d", "localtime", "gitconfig", "mime.types")
+# Not /etc/ssl/private (keys), not /etc/gitconfig (may hold credentials or
+# url.insteadOf rewrites), not /etc/shadow or anything else of the host's.
+ETC_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "passwd", "group", "ssl/certs",
+             "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "alternatives",
+             "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types")
+# What the commands that build the sandbox itself (env, prlimit, setpriv, bwrap) see.
+OUTER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Merged-/usr systems make these links; others have real directories.
 ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -51,9 +70,12 @@ class BuildUser:
 class Sandbox:
     config: BuildsConfig
     toolchain: Toolchain
+    # Paths no build may see, not even through a bound parent directory: the data
+    # directory (artifacts, logs, other builds' work, the private cluster's socket).
+    protected: tuple[Path, ...] = ()
     # Paths the tools themselves live in (enot's virtualenv and its Python, Erlang
     # installations outside /usr): bound read-only into every sandbox.
-    tool_paths: list[Path] = field(default_factory=list)
+    tool_paths: list[Path] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.tool_paths = _tool_paths(self.toolchain)
@@ -98,23 +120,28 @@ class Sandbox:
             network = self.config.network
         path = ":".join(([str(erlang.bin_dir)] if erlang else []) + ["/usr/local/bin", "/usr/bin", "/bin"])
         clean_env = {"PATH": path, "LANG": "C.UTF-8", "TERM": "dumb", **env}
+        outer = ["env", "-i", f"PATH={OUTER_PATH}"]
         limits = ["prlimit",
                   f"--cpu={self.config.cpu_time}",
                   f"--as={self.config.memory_limit_mb * 1024 * 1024}",
                   f"--nproc={self.config.max_processes}",
-                  f"--fsize={self.config.max_file_size_mb * 1024 * 1024}",
+                  f"--fsize={self.max_file_size}",
                   "--core=0", "--"]
         env_args = ["env", "-i", *(f"{k}={v}" for k, v in clean_env.items())]
         if not self.isolated:
-            return [*limits, *env_args, *argv]
+            return [*outer, *limits, *env_args, *argv]
         if self.toolchain.bwrap is None:
-            raise SandboxError("bubblewrap is not installed")
+            raise SandboxError("bubblewrap (bwrap) is not installed, and builds without a "
+                               'sandbox are not allowed ([builds] sandbox = "none" with '
+                               "allow_unsandboxed = true would allow them)")
         user = self.build_user()
-        drop = ([shutil.which("setpriv") or "setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
+        drop = (["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
                  "--clear-groups", "--inh-caps=-all", "--"] if user else [])
+        # --disable-userns: no nested user namespace, in which the build would get
+        # capabilities back (to mount, to change its view of the files).
         bwrap = [str(self.toolchain.bwrap), "--die-with-parent", "--new-session",
-                 "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                 "--unshare-cgroup-try", "--hostname", "enot-build"]
+                 "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc",
+                 "--unshare-uts", "--unshare-cgroup-try", "--hostname", "enot-build"]
         if not network:
             bwrap.append("--unshare-net")
         bwrap += ["--ro-bind", "/usr", "/usr"]
@@ -127,14 +154,41 @@ class Sandbox:
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
                 bwrap += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        # Mounts apply in order: the private /tmp first, so that tools or sources that
-        # live below /tmp stay visible on top of it.
-        bwrap += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # The tmpfs mounts live in memory: each is bounded like a written file. Mounts
+        # apply in order: the private /tmp first, so that tools or sources that live
+        # below /tmp stay visible on top of it.
+        size = str(self.max_file_size)
+        bwrap += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
+                  "--size", size, "--tmpfs", "/tmp"]
         for extra in [*self.tool_paths, *read_only]:
             if extra.exists():
+                self._check_exposure(extra)
                 bwrap += ["--ro-bind", str(extra), str(extra)]
-        bwrap += ["--bind", str(work_dir), SANDBOX_ROOT, "--chdir", cwd, "--"]
-        return [*limits, *drop, *bwrap, *env_args, *argv]
+        self._check_exposure(work_dir, own=True)
+        bwrap += ["--bind", str(work_dir), SANDBOX_ROOT]
+        # bwrap's root and /dev are tmpfs mounts the build could fill: read-only once
+        # everything is mounted on them (mounts below keep their own flags).
+        bwrap += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", cwd, "--"]
+        return [*outer, *limits, *drop, *bwrap, *env_args, *argv]
+
+    @property
+    def max_file_size(self) -> int:
+        return self.config.max_file_size_mb * 1024 * 1024
+
+    def _check_exposure(self, path: Path, own: bool = False) -> None:
+        """Refuse a bind that would show a build a protected directory.
+
+        A build's own work directory lives below the data directory (`own`); anything
+        else bound (tools, a file:// source) must be neither inside a protected
+        directory nor one of its parents, nor the root.
+        """
+        resolved = path.resolve()
+        if resolved == Path("/"):
+            raise SandboxError("refusing to show the whole file system to a build")
+        for protected in self.protected:
+            protected = protected.resolve()
+            if protected.is_relative_to(resolved) or (not own and resolved.is_relative_to(protected)):
+                raise SandboxError(f"{path} would show the server's data directory to the build")
 
 
 def _tool_paths(toolchain: Toolchain) -> list[Path]:

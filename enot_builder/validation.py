@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 
@@ -41,6 +41,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"The request body is not valid JSON: {e}") from None
+    except RecursionError:
+        # A megabyte of '[' is valid JSON nesting deeper than Python's parser goes.
+        raise bad("The request body nests too deeply") from None
     if not isinstance(body, dict):
         raise bad("The request body must be a JSON object")
     return body
@@ -89,6 +92,12 @@ def ref(value: Any, field: str = "ref") -> str:
 
 
 def ref_problem(value: str) -> str | None:
+    """Why `refs/tags/<value>` is not a tag name we build, or None when it is.
+
+    The rules of `git check-ref-format` (a test compares the two), plus: no leading
+    '-' (git would read an option), no more than MAX_REF_LENGTH characters, and not
+    '@' alone.
+    """
     if len(value) > MAX_REF_LENGTH:
         return f"longer than {MAX_REF_LENGTH} characters"
     if value.startswith("-"):
@@ -97,9 +106,12 @@ def ref_problem(value: str) -> str | None:
         return "contains a space, a control character or one of ~^:?*[\\"
     if ".." in value or "@{" in value or "//" in value or value == "@":
         return "contains '..', '@{' or '//', or is '@'"
-    if value.endswith((".", "/", ".lock")) or value.startswith("/"):
-        return "starts with '/' or ends with '.', '/' or '.lock'"
-    if any(part.startswith(".") for part in value.split("/")):
+    if value.endswith((".", "/")) or value.startswith("/"):
+        return "starts with '/' or ends with '.' or '/'"
+    parts = value.split("/")
+    if any(part.endswith(".lock") for part in parts):
+        return "a component ends with '.lock'"
+    if any(part.startswith(".") for part in parts):
         return "a component starts with '.'"
     return None
 
@@ -203,7 +215,10 @@ def clone_url(value: Any, git: GitConfig) -> str:
     if parts.query or parts.fragment:
         raise bad("Field 'clone_url' must not have a query or fragment")
     if scheme == "file":
-        if parts.netloc or not parts.path.startswith("/") or ".." in parts.path.split("/"):
+        # The builder binds the unquoted path into the sandbox: check that one.
+        path = unquote(parts.path)
+        if (parts.netloc or not path.startswith("/") or ".." in path.split("/")
+                or CONTROL_OR_SPACE.search(path)):
             raise bad("Field 'clone_url': a file URL must be file:///absolute/path")
         return value
     host = (parts.hostname or "").lower()

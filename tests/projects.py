@@ -17,13 +17,18 @@ APP_SRC_TEMPLATE = (
 
 
 def git_repo(path: Path, files: dict[str, str], tag: str | None = "1.0.0",
-             extra_tags: tuple[str, ...] = (), branch: str | None = None) -> str:
-    """Create a repository at `path` with `files` committed and tagged; return its URL."""
+             extra_tags: tuple[str, ...] = (), branch: str | None = None,
+             symlinks: dict[str, str] | None = None) -> str:
+    """Create a repository at `path` with `files` (and `symlinks`: name -> target)
+    committed and tagged; return its URL."""
     path.mkdir(parents=True)
     for name, content in files.items():
         target = path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
+    for name, link_target in (symlinks or {}).items():
+        (path / name).unlink(missing_ok=True)
+        (path / name).symlink_to(link_target)
     env = {"GIT_AUTHOR_NAME": "Author", "GIT_AUTHOR_EMAIL": AUTHOR_EMAIL,
            "GIT_COMMITTER_NAME": "Author", "GIT_COMMITTER_EMAIL": AUTHOR_EMAIL,
            "HOME": str(path), "PATH": "/usr/bin:/bin"}

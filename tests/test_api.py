@@ -134,6 +134,17 @@ BAD_BUILD_REQUESTS = [
     (with_(clone_url="https://github.com/"), "must name a repository"),
     (with_(clone_url="-uhttps://github.com/a/b"), "starts with '-'"),
     (with_(clone_url=None), "'clone_url' must be a non-empty string"),
+    (b"[" * 100_000, "nests too deeply"),
+    (with_(full_name="a/" + "b" * 101), "must be 'namespace/name'"),
+    (with_(full_name="a/b.lock"), "must be 'namespace/name'"),
+    (with_(versions=[{"ref": "1" * 256}]), "longer than 255 characters"),
+    (with_(versions=[{"ref": "a.lock/b"}]), "ends with '.lock'"),
+    (with_(versions=[{"ref": "1.0.0"}] * 33), "at most 32 entries"),
+    (with_(clone_url="https://github.com/" + "a" * 2048), "longer than 2048 characters"),
+    (with_(clone_url="file:///tmp/%2e%2e/etc"), "file:///absolute/path"),
+    (with_(clone_url="file://host/tmp/x"), "file:///absolute/path"),
+    (with_(clone_url="https://github.com/ns/pkg?x=1"), "query or fragment"),
+    (with_(clone_url="https://secret-token@github.com/ns/pkg"), "must not carry credentials"),
 ]
 
 
@@ -174,6 +185,10 @@ BAD_QUERIES = [
     ("GET", "/build_log", {}, 400, "'build_id' is required"),
     ("GET", "/build_log", {"build_id": "42; DROP TABLE builds"}, 400, "not a build id"),
     ("GET", "/build_log", {"build_id": str(uuid.uuid4())}, 404, "No such build"),
+    ("GET", "/build_log", {"build_id": "../../etc/passwd"}, 400, "not a build id"),
+    ("GET", "/download/..%2F..%2Fetc%2Fpasswd", {}, 400, "not a build id"),
+    ("GET", "/download/%2e%2e", {}, 404, "Not found"),  # the dots resolve to /
+    ("GET", "/search", {"name": "x" * 101}, 400, "'name'"),
     ("GET", "/nowhere", {}, 404, "Not found: /nowhere"),
     ("DELETE", "/buildAsync", {}, 405, "Method DELETE not allowed"),
 ]

@@ -29,6 +29,19 @@ def test_check_lists_the_toolchain() -> None:
     assert "sandbox:    bubblewrap sandbox" in out
 
 
+def test_check_says_when_builds_are_unsandboxed() -> None:
+    import os
+    env = {**os.environ, "ENOT_BUILDER_BUILDS_SANDBOX": "none",
+           "ENOT_BUILDER_BUILDS_ALLOW_UNSANDBOXED": "true"}
+    result = run("check", env=env)
+    assert "sandbox:    UNSANDBOXED (allow_unsandboxed = true)" in result.stdout
+    env["ENOT_BUILDER_BUILDS_NETWORK"] = "false"
+    env.pop("ENOT_BUILDER_BUILDS_SANDBOX")
+    env.pop("ENOT_BUILDER_BUILDS_ALLOW_UNSANDBOXED")
+    result = run("check", env=env)
+    assert "sandbox:    bubblewrap sandbox, no network" in result.stdout
+
+
 def test_check_fails_when_a_part_is_missing(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[builds]\nenot = "/nonexistent/enot"\ndefault_erlang = "17"\n')

@@ -1,0 +1,199 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at GET /openapi.json.
+
+Kept by hand, next to the routes: a test checks that every route has an operation
+here and every operation a route, and runs schemathesis against a live server to
+check that the answers match it. The shapes follow ../shared/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .validation import MAX_REF_LENGTH, MAX_URL_LENGTH, MAX_VERSIONS
+
+NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+FULL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+ERL_VERSION = r"^(?:\d{1,3}|R\d{1,2}[AB]\d{0,2}(?:-\d{1,2})?)$"
+
+STRING = {"type": "string"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+UUID = {"type": "string", "format": "uuid"}
+
+
+def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(payload: dict[str, Any], description: str) -> dict[str, Any]:
+    return _json(_obj(["result", "response"], result={"const": True}, response=payload),
+                 description)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/responses/{description}"}
+
+
+TEXT_404 = {"description": "No such build (the enot client reads this body prefix)",
+            "content": {"text/plain": {"schema": {"type": "string",
+                                                  "pattern": "^No such build"}}}}
+ARTIFACT = {"description": "The package (`<name>.ep`), with Content-Disposition, ETag and Range",
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                "format": "binary"}}}}
+
+# A null filter field is the same as a missing one.
+VERSION_FILTER = _obj([], ref={"type": ["string", "null"], "minLength": 1,
+                               "maxLength": MAX_REF_LENGTH},
+                      erl_version={"type": ["string", "null"], "pattern": ERL_VERSION})
+# The enot client sends one filter object; a list of them works too; null means none.
+FILTERS = {"oneOf": [{"type": "array", "maxItems": MAX_VERSIONS, "items": VERSION_FILTER},
+                     VERSION_FILTER, {"type": "null"}]}
+PACKAGE_QUERY = _obj(["full_name"], full_name={"type": "string", "pattern": FULL_NAME},
+                     versions=FILTERS)
+
+BUILD_REQUEST = _obj(
+    ["full_name", "clone_url", "versions"],
+    full_name={"type": "string", "pattern": FULL_NAME},
+    clone_url={"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH},
+    versions={"type": "array", "minItems": 1, "maxItems": MAX_VERSIONS,
+              "items": _obj(["ref"],
+                            ref={"type": "string", "minLength": 1, "maxLength": MAX_REF_LENGTH},
+                            erl_version={"type": ["string", "null"], "pattern": ERL_VERSION})},
+    notify_email={"type": "boolean"},
+)
+QUEUED = {"type": "array", "items": _obj(
+    ["build_id", "full_name", "ref", "erl_version", "status", "coalesced", "log"],
+    build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING, status=STRING,
+    coalesced={"type": "boolean"}, log=STRING)}
+BUILD_RESULT = _obj(
+    ["build_id", "full_name", "ref", "erl_version", "result", "status", "message",
+     "artifact_path", "log"],
+    build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING,
+    result={"type": "boolean"}, status=STRING, message=NULLABLE_STRING,
+    artifact_path=NULLABLE_STRING, log=STRING)
+PACKAGE_BUILD = _obj(
+    ["build_id", "namespace", "name", "success", "path", "build_date", "version", "erl_version"],
+    build_id=UUID, namespace=STRING, name=STRING, success={"type": "boolean"}, path=STRING,
+    build_date=NULLABLE_STRING, version=STRING, erl_version=NULLABLE_STRING)
+SUCCESSFUL_BUILD = _obj(
+    ["build_id", "result", "message", "artifact_path", "created_date"],
+    build_id=UUID, result={"const": True}, message=NULLABLE_STRING, artifact_path=STRING,
+    created_date=NULLABLE_STRING, ref=STRING, erl_version=NULLABLE_STRING,
+    sha256=NULLABLE_STRING, size={"type": ["integer", "null"]})
+VERSION = _obj(["versionId", "ref", "erl_version"], versionId={"type": "integer"}, ref=STRING,
+               erl_version=NULLABLE_STRING)
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False,
+           description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema,
+            "description": description}
+
+
+BAD = _error("BadRequest")
+TOO_LARGE = _error("TooLarge")
+N_PARAM = {"type": "integer", "minimum": 1, "maximum": 1000}
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/buildAsync": {"post": {
+        "summary": "Queue builds of tags of a repository; answers at once",
+        "requestBody": _body(BUILD_REQUEST),
+        "responses": {"202": _ok(QUEUED, "One entry per queued build"), "400": BAD,
+                      "409": _error("Conflict"), "413": TOO_LARGE,
+                      "503": _error("Unavailable")}}},
+    "/buildSync": {"post": {
+        "summary": "Queue builds and answer when all of them have ended",
+        "requestBody": _body(BUILD_REQUEST),
+        "responses": {"200": _ok({"type": "array", "items": BUILD_RESULT}, "Every build succeeded"),
+                      "400": BAD, "409": _error("Conflict"), "413": TOO_LARGE,
+                      "422": _json(_obj(["result", "response", "builds"],
+                                        result={"const": False}, response=STRING,
+                                        builds={"type": "array", "items": BUILD_RESULT}),
+                                   "Some builds failed; details in `builds`"),
+                      "503": _error("Unavailable")}}},
+    "/rebuild": {"post": {
+        "summary": "Queue a build's repository, tag and Erlang release again",
+        "requestBody": _body(_obj(["build_id"], build_id=UUID)),
+        "responses": {"202": _ok(QUEUED, "The build queued again"), "400": BAD,
+                      "404": _error("NotFound"), "409": _error("Conflict"),
+                      "413": TOO_LARGE, "503": _error("Unavailable")}}},
+    "/search": {"get": {
+        "summary": "The latest finished build of each matching version",
+        "parameters": [
+            _query("name", {"type": "string", "pattern": NAME}, required=True),
+            _query("namespace", {"type": "string", "pattern": NAME}),
+            _query("version", {"type": "string", "minLength": 1, "maxLength": MAX_REF_LENGTH}),
+            _query("erl_version", {"type": "string", "pattern": ERL_VERSION}),
+            _query("limit", N_PARAM, description="at most this many (default 100)")],
+        "responses": {"200": _ok({"type": "array", "items": PACKAGE_BUILD}, "Package-builds"),
+                      "400": BAD}}},
+    "/last_builds": {"get": {
+        "summary": "The last n successful package-builds, newest first",
+        "parameters": [_query("n", N_PARAM, description="how many (default 10)")],
+        "responses": {"200": _ok({"type": "array", "items": PACKAGE_BUILD}, "Package-builds"),
+                      "400": BAD}}},
+    "/builds": {"post": {
+        "summary": "Successful builds of a package, for download",
+        "requestBody": _body(PACKAGE_QUERY),
+        "responses": {"200": _ok({"type": "array", "items": SUCCESSFUL_BUILD}, "Builds"),
+                      "400": BAD, "413": TOO_LARGE}}},
+    "/versions": {"post": {
+        "summary": "Versions of a package that have a successful build",
+        "requestBody": _body(PACKAGE_QUERY),
+        "responses": {"200": _ok({"type": "array", "items": VERSION}, "Versions"),
+                      "400": BAD, "413": TOO_LARGE}}},
+    "/download/{build_id}": {"get": {
+        "summary": "A build's package",
+        "parameters": [{"name": "build_id", "in": "path", "required": True, "schema": UUID}],
+        "responses": {"200": ARTIFACT, "206": ARTIFACT,
+                      "304": {"description": "Not modified (conditional GET)"},
+                      "400": BAD, "404": TEXT_404,
+                      "416": {"description": "Range not satisfiable"}}}},
+    "/get": {"post": {
+        "summary": "The newest successful package matching the filters",
+        "requestBody": _body(PACKAGE_QUERY),
+        "responses": {"200": ARTIFACT, "400": BAD, "404": TEXT_404, "413": TOO_LARGE}}},
+    "/build_log": {"get": {
+        "summary": "A build's log; with follow=1 a running build's log streams until it ends",
+        "parameters": [_query("build_id", UUID, required=True),
+                       _query("follow", {"type": "string", "enum": ["0", "1", "true", "yes"]})],
+        "responses": {"200": {"description": "The log",
+                              "content": {"text/plain": {"schema": STRING}}},
+                      "400": BAD, "404": _error("NotFound")}}},
+    "/openapi.json": {"get": {
+        "summary": "This description",
+        "responses": {"200": {"description": "OpenAPI 3.1",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+}
+
+ERROR = _obj(["result", "response"], result={"const": False}, response=STRING)
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "enot-builder", "version": __version__,
+             "description": "Builds Erlang packages with enot and serves them to enot clients. "
+                            "JSON answers are the envelope {\"result\", \"response\"}."},
+    "paths": PATHS,
+    "components": {
+        "schemas": {"Error": ERROR},
+        "responses": {name: _json({"$ref": "#/components/schemas/Error"}, text)
+                      for name, text in (("BadRequest", "Invalid input; nothing was changed"),
+                                         ("NotFound", "No such build"),
+                                         ("Conflict", "The full_name is bound to another clone URL"),
+                                         ("TooLarge", "The request body is over server.max_body_size"),
+                                         ("Unavailable", "Shutting down, or the database is down"))},
+    },
+}
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(SPEC)

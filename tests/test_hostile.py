@@ -1,0 +1,367 @@
+"""Hostile packages: real Erlang projects whose build steps attack the server.
+
+Each builds through the HTTP API, in the real sandbox, and must end as a failed or
+contained build with a clear reason while the server keeps answering. Limits are
+kept small: the machine is shared, and nothing a test starts may outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from enot_builder import config as config_module
+from enot_builder import store
+from enot_builder.app import create_app
+from enot_builder.buildlog import RESERVE
+from enot_builder.db import cursor
+from enot_builder.keys import BUILDER, POOL
+
+from . import projects
+from .conftest import running_processes, world_readable_tempdir
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+# The server must answer while a hostile build runs, and quickly.
+SLOWEST_ANSWER = 5.0
+
+
+async def hostile_build(client: TestClient, name: str, url: str,
+                        timeout: float = 120) -> tuple[dict[str, Any], str]:
+    """Build tag 1.0.0 of `url`; poll GET /last_builds all along; return (row, log)."""
+    r = await client.post("/buildAsync", json={"full_name": f"hostile/{name}", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    build_id = (await r.json())["response"][0]["build_id"]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    slowest = 0.0
+    while True:
+        started = loop.time()
+        r = await client.get("/last_builds")
+        assert r.status == 200, await r.text()
+        slowest = max(slowest, loop.time() - started)
+        async with cursor(client.server.app[POOL]) as cur:
+            build = await store.get_build(cur, build_id)
+        if build["status"] in TERMINAL:
+            break
+        assert loop.time() < end, f"build {build_id} still {build['status']}"
+        await asyncio.sleep(0.5)
+    assert slowest < SLOWEST_ANSWER, f"GET /last_builds took {slowest:.1f} s during the build"
+    r = await client.get("/build_log", params={"build_id": build_id})
+    assert r.status == 200
+    return build, await r.text()
+
+
+async def artifact_bytes(client: TestClient, build_id: str) -> bytes:
+    """The artifact and every member of it, unpacked, as one blob to search."""
+    r = await client.get(f"/download/{build_id}")
+    assert r.status == 200, await r.text()
+    raw = await r.read()
+    blob = bytearray(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        for member in tar:
+            if member.isfile():
+                blob += tar.extractfile(member).read()
+    return bytes(blob)
+
+
+def marker() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def own_build_user() -> str:
+    """A build user nothing else uses, so that RLIMIT_NPROC counts this build alone.
+
+    The limit counts every task (threads too) of the user machine-wide: with the
+    shared `nobody`, other builds on the machine would eat a small limit, and a bomb
+    given a large one would starve them.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("builds run as the server's own user unless the server is root")
+    name = "enot-builder-bomb"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    return name
+
+
+async def test_fork_bomb_is_contained(make_client: Any, make_repo: Any,
+                                      own_build_user: str) -> None:
+    client = await make_client(builds__max_processes=24, builds__timeout=10, builds__workers=1,
+                               builds__build_user=own_build_user)
+    tag = marker()
+    url = make_repo("forkbomb", projects.enot_project(
+        "forkbomb", prebuild=[f"bomb() {{ bomb | bomb & }}; bomb; sleep 60 # {tag}"]))
+    build, log = await hostile_build(client, "forkbomb", url)
+    assert build["status"] == "failed", build["message"]
+    assert "ran past its time limit of 10 s" in build["message"], log
+    assert "FAILED: " in log
+    # Every task of the build user is gone within moments (the kernel tears the PID
+    # namespace down after its init is killed).
+    for _ in range(50):
+        tasks = (await asyncio.to_thread(
+            subprocess.run, ["ps", "-L", "-u", own_build_user, "--no-headers"],
+            check=False, capture_output=True, text=True)).stdout
+        if not tasks:
+            break
+        await asyncio.sleep(0.1)
+    assert tasks == ""
+    assert running_processes(tag) == []
+
+
+async def test_endless_loop_is_stopped(make_client: Any, make_repo: Any) -> None:
+    client = await make_client(builds__timeout=6, builds__workers=1)
+    tag = marker()
+    url = make_repo("spin", projects.enot_project("spin", prebuild=[f"while :; do :; done # {tag}"]))
+    build, log = await hostile_build(client, "spin", url)
+    assert build["status"] == "failed"
+    assert build["message"] == "the build ran past its time limit of 6 s and was stopped"
+    assert log.rstrip().endswith(build["message"])
+    await asyncio.sleep(0.5)
+    assert running_processes(tag) == []
+
+
+async def test_endless_output_is_cut_and_stops_the_build(make_client: Any, make_repo: Any,
+                                                         data_dir: Path) -> None:
+    limit = 1024 * 1024
+    client = await make_client(builds__log_limit_mb=1, builds__timeout=60, builds__workers=1)
+    tag = marker()
+    url = make_repo("flood", projects.enot_project("flood", prebuild=[f"yes flood-{tag}"]))
+    build, log = await hostile_build(client, "flood", url)
+    assert build["status"] == "failed"
+    assert "output exceeded the log limit" in build["message"]
+    # Stopped at once, not at the 60 s timeout.
+    seconds = (build["finished_at"] - build["started_at"]).total_seconds()
+    assert seconds < 30, seconds
+    path = client.server.app[BUILDER].log_path(str(build["id"]))
+    assert path.stat().st_size <= limit
+    assert len(log.encode()) == path.stat().st_size
+    assert f"flood-{tag}" in log
+    assert "[enot-builder] log truncated: the build's output reached " \
+           f"{limit - RESERVE} bytes" in log
+    assert log.rstrip().endswith(build["message"])
+    await asyncio.sleep(0.5)
+    assert running_processes(f"flood-{tag}") == []
+
+
+@pytest.fixture
+def secret_config(pg_dsn: str, data_dir: Path, clean_db: None) -> Iterator[dict[str, Any]]:
+    """A real TOML config file holding a secret, beside the data directory."""
+    secret = "cfg-secret-" + marker()
+    conf_dir = world_readable_tempdir("enot-builder-test-conf-")
+    path = conf_dir / "config.toml"
+    # World-readable on purpose: the sandbox, not file modes, must keep it out.
+    path.write_text(f'[storage]\ndata_dir = "{data_dir}"\n'
+                    f'[database]\ndsn = "{pg_dsn} password={secret}"\n'
+                    '[builds]\nworkers = 1\ntimeout = 120\n'
+                    '[git]\nallowed_schemes = ["https", "file"]\n')
+    path.chmod(0o644)
+    yield {"path": path, "secret": secret}
+    shutil.rmtree(conf_dir, ignore_errors=True)
+
+
+async def test_server_config_and_environment_stay_secret(
+        aiohttp_client: Any, make_repo: Any, secret_config: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    env_secret = "env-secret-" + marker()
+    monkeypatch.setenv("DATABASE_PASSWORD", env_secret)
+    config = config_module.load(secret_config["path"], env={})
+    assert secret_config["secret"] in config.database.dsn
+    client = await aiohttp_client(create_app(config))
+    tag = marker()
+    conf = secret_config["path"]
+    probe = (f"cat {conf} {conf.parent}/*; env; cat /proc/1/environ /proc/*/environ "
+             "/proc/*/cmdline; ls -la / /etc /tmp /proc; cat /etc/gitconfig /etc/shadow; "
+             f"ls -laR {data_dir} {data_dir.parent}; cat {data_dir}/logs/*/* ; "
+             "find / -xdev -name '*.toml' 2>/dev/null")
+    url = make_repo("snoop", projects.enot_project("snoop", prebuild=[
+        probe,
+        f"mkdir -p priv && ({probe}) > priv/loot.txt 2>&1",
+        f"echo probe-ran-{tag}",
+    ]))
+    build, log = await hostile_build(client, "snoop", url)
+    # enot ignores a failing prebuild step: the build goes on and succeeds, carrying
+    # whatever the probe could find, in its log and in its artifact.
+    assert build["status"] == "succeeded", build["message"]
+    assert f"probe-ran-{tag}" in log  # the probe ran, and its output is in the log
+    artifact = await artifact_bytes(client, str(build["id"]))
+    assert b"DATABASE_PASSWORD" not in artifact and "DATABASE_PASSWORD" not in log
+    assert b"priv/loot.txt" in artifact
+    for secret in (secret_config["secret"], env_secret):
+        assert secret not in log
+        assert secret.encode() not in artifact
+    # Sanity: the secrets are there to be found outside the sandbox.
+    assert os.environ["DATABASE_PASSWORD"] == env_secret
+    assert secret_config["secret"] in conf.read_text()
+
+
+async def test_writes_outside_the_work_dir_do_not_land(client: TestClient, make_repo: Any,
+                                                       data_dir: Path, repos_dir: Path) -> None:
+    tag = marker()
+    targets = [data_dir / f"pwned-{tag}", data_dir / "artifacts" / f"pwned-{tag}",
+               data_dir / "logs" / f"pwned-{tag}", data_dir / "work" / f"pwned-{tag}",
+               Path(f"/tmp/pwned-{tag}"), repos_dir / f"pwned-{tag}",
+               Path(f"/var/tmp/pwned-{tag}"), Path(f"/usr/local/pwned-{tag}")]
+    attack = "; ".join(f"touch {t}; echo x > {t}" for t in targets)
+    url = make_repo("scribble", projects.enot_project("scribble", prebuild=[
+        attack, f"touch /build/../pwned-{tag} /pwned-{tag} /dev/pwned-{tag}",
+        f"touch $HOME/own-{tag} && echo own-write-ok-{tag}",
+    ]))
+    try:
+        build, log = await hostile_build(client, "scribble", url)
+        assert build["status"] == "succeeded", build["message"]
+        assert f"own-write-ok-{tag}" in log  # writing in its own work dir works
+        assert [t for t in targets if t.exists()] == []
+        assert "Read-only file system" in log or "No such file or directory" in log
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[dict[str, Any]]:
+    """A TCP listener on 127.0.0.1 of the host that counts who connects."""
+    seen = {"connections": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["connections"] += 1
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    seen["port"] = server.sockets[0].getsockname()[1]
+    try:
+        yield seen
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def connect_probe(port: int, tag: str) -> list[str]:
+    probe = (f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' && echo connected-{tag} "
+             f"|| echo refused-{tag}")
+    return [probe]
+
+
+async def test_no_network_when_network_is_off(make_client: Any, make_repo: Any,
+                                              listener: dict[str, Any]) -> None:
+    client = await make_client(builds__network=False, builds__workers=1)
+    tag = marker()
+    url = make_repo("caller", projects.enot_project("caller",
+                                                    prebuild=connect_probe(listener["port"], tag)))
+    build, log = await hostile_build(client, "caller", url)
+    assert build["status"] == "succeeded", build["message"]
+    assert f"refused-{tag}" in log and f"connected-{tag}" not in log
+    assert listener["connections"] == 0
+
+
+async def test_network_reaches_the_listener_when_on(make_client: Any, make_repo: Any,
+                                                   listener: dict[str, Any]) -> None:
+    """The control for the test above: the same probe does connect with network on."""
+    client = await make_client(builds__network=True, builds__workers=1)
+    tag = marker()
+    url = make_repo("caller", projects.enot_project("caller",
+                                                    prebuild=connect_probe(listener["port"], tag)))
+    build, log = await hostile_build(client, "caller", url)
+    assert build["status"] == "succeeded", build["message"]
+    assert f"connected-{tag}" in log
+    assert listener["connections"] == 1
+
+
+async def test_background_processes_die_with_the_build(client: TestClient,
+                                                       make_repo: Any) -> None:
+    quiet, loud = 1000 + os.getpid() % 500, 2000 + os.getpid() % 500
+    url = make_repo("daemon", projects.enot_project("daemon", prebuild=[
+        f"setsid nohup sleep {quiet} > /dev/null 2>&1 &",
+        f"setsid sleep {loud} &",  # this one keeps the output pipe open
+    ]))
+    build, _ = await hostile_build(client, "daemon", url)
+    assert build["status"] == "succeeded", build["message"]
+    await asyncio.sleep(0.5)
+    assert running_processes(f"sleep {quiet}") == []
+    assert running_processes(f"sleep {loud}") == []
+
+
+async def test_enot_config_symlink_to_a_server_file_is_not_followed(
+        client: TestClient, make_repo: Any, secret_config: dict[str, Any]) -> None:
+    # A host file that, if the builder followed the link, would pick Erlang 24.
+    bait = secret_config["path"].parent / "bait.json"
+    bait.write_text(json.dumps({"name": "linked", "erlang": ["24"],
+                                "secret": secret_config["secret"]}))
+    bait.chmod(0o644)
+    files = projects.enot_project("linked")
+    url = make_repo("linked", files, symlinks={"enot_config.json": str(bait)})
+    build, log = await hostile_build(client, "linked", url)
+    assert build["erl_version"] == "25"  # the default: the link was not read
+    assert "24" not in build["message"]
+    assert secret_config["secret"] not in log
+
+
+async def test_package_symlink_to_a_server_file_is_refused(
+        client: TestClient, make_repo: Any) -> None:
+    # The link points into /tmp: inside the sandbox enot writes the package through it
+    # into the private /tmp; on the host the same path is a server file.
+    secret = "tmp-secret-" + marker()
+    target = Path(f"/tmp/enot-builder-test-secret-{marker()}")
+    target.write_text(secret)
+    try:
+        url = make_repo("pointer", projects.enot_project("pointer"),
+                        symlinks={"pointer.ep": str(target)})
+        build, log = await hostile_build(client, "pointer", url)
+        assert build["status"] == "failed"
+        assert build["message"] == "pointer.ep is a symbolic link; refusing it"
+        assert secret not in log
+        assert target.read_text() == secret
+        r = await client.get(f"/download/{build['id']}")
+        assert r.status == 404
+    finally:
+        target.unlink()
+
+
+async def test_missing_bubblewrap_fails_builds_clearly(client: TestClient,
+                                                       make_repo: Any) -> None:
+    import dataclasses
+    sandbox = client.server.app[BUILDER].sandbox
+    sandbox.toolchain = dataclasses.replace(sandbox.toolchain, bwrap=None)
+    url = make_repo("nobwrap", projects.enot_project("nobwrap"))
+    build, log = await hostile_build(client, "nobwrap", url)
+    assert build["status"] == "failed"
+    assert "bubblewrap (bwrap) is not installed" in build["message"]
+    assert 'sandbox = "none"' in build["message"]
+    assert "Traceback" not in log
+
+
+
+@pytest.mark.parametrize("where", ["data_dir", "parent", "inside", "root"])
+async def test_file_urls_cannot_show_the_data_dir(client: TestClient, data_dir: Path,
+                                                  where: str) -> None:
+    """A file:// source is bound read-only into the clone's sandbox: never the data dir."""
+    path = {"data_dir": data_dir, "parent": data_dir.parent, "inside": data_dir / "logs",
+            "root": Path("/")}[where]
+    url = f"file://{path}"
+    r = await client.post("/buildAsync", json={"full_name": "hostile/peek", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    build_id = (await r.json())["response"][0]["build_id"]
+    async with cursor(client.server.app[POOL]) as cur:
+        while (build := await store.get_build(cur, build_id))["status"] not in TERMINAL:
+            await asyncio.sleep(0.2)
+    assert build["status"] == "failed"
+    expected = ("refusing to show the whole file system to a build" if where == "root"
+                else f"{path} would show the server's data directory to the build")
+    assert build["message"] == f"the build sandbox is not usable: {expected}"
