@@ -43,6 +43,9 @@ def _error(description: str) -> dict[str, Any]:
 TEXT_404 = {"description": "No such build (the enot client reads this body prefix)",
             "content": {"text/plain": {"schema": {"type": "string",
                                                   "pattern": "^No such build"}}}}
+TEXT_NO_ERLANG = {"description": "No such Erlang release (the enot client reads this prefix)",
+                  "content": {"text/plain": {"schema": {"type": "string",
+                                                        "pattern": "^No such erlang"}}}}
 ARTIFACT = {"description": "The package (`<name>.ep`), with Content-Disposition, ETag and Range",
             "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                 "format": "binary"}}}}
@@ -70,7 +73,8 @@ BUILD_REQUEST = _obj(
 QUEUED = {"type": "array", "items": _obj(
     ["build_id", "full_name", "ref", "erl_version", "status", "coalesced", "log"],
     build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING, status=STRING,
-    coalesced={"type": "boolean"}, log=STRING)}
+    coalesced={"type": "boolean"}, log=STRING,
+    queue_position={"type": ["integer", "null"]})}
 BUILD_RESULT = _obj(
     ["build_id", "full_name", "ref", "erl_version", "result", "status", "message",
      "artifact_path", "log"],
@@ -170,6 +174,47 @@ PATHS: dict[str, dict[str, Any]] = {
         "responses": {"200": {"description": "The log",
                               "content": {"text/plain": {"schema": STRING}}},
                       "400": BAD, "404": _error("NotFound")}}},
+    "/callback": {"post": {
+        "summary": "GitHub webhook: a new tag (create, push of refs/tags/*, published release) "
+                   "is built",
+        "description": "Signed with X-Hub-Signature-256 (or X-Hub-Signature) over the raw "
+                       "body; X-GitHub-Event names the event, X-GitHub-Delivery de-duplicates.",
+        "parameters": [
+            {"name": "X-GitHub-Event", "in": "header", "schema": STRING},
+            {"name": "X-GitHub-Delivery", "in": "header", "schema": STRING},
+            {"name": "X-Hub-Signature-256", "in": "header", "schema": STRING},
+            {"name": "X-Hub-Signature", "in": "header", "schema": STRING}],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "object"}}}},
+        "responses": {"200": _ok({}, "ping answered, or a redelivery (nothing queued again)"),
+                      "202": _ok({}, "The tag's build queued, or the event ignored (with why)"),
+                      "400": BAD, "401": _error("Unauthorized"), "403": _error("Forbidden"),
+                      "409": _error("Conflict"), "413": TOO_LARGE,
+                      "503": _error("Unavailable")}}},
+    "/queue": {"get": {
+        "summary": "Queued and running builds, in the order they will run",
+        "parameters": [_query("limit", N_PARAM, description="at most this many (default 100)")],
+        "responses": {"200": _ok(_obj(["queued", "running", "builds"],
+                                      queued={"type": "integer"}, running={"type": "integer"},
+                                      builds={"type": "array", "items": {"type": "object"}}),
+                                 "Counts and builds"),
+                      "400": BAD}}},
+    "/download_erts/{version}": {"get": {
+        "summary": "A tar of an Erlang installation's erts-* directory",
+        "parameters": [{"name": "version", "in": "path", "required": True, "schema": STRING,
+                        "description": "an Erlang/OTP release such as 25"}],
+        "responses": {"200": {"description": "The tarball",
+                              "content": {"application/x-tar": {"schema": {
+                                  "type": "string", "format": "binary"}}}},
+                      "304": {"description": "Not modified (conditional GET)"},
+                      "400": TEXT_NO_ERLANG, "404": TEXT_NO_ERLANG,
+                      "416": {"description": "Range not satisfiable"}}}},
+    "/health": {"get": {
+        "summary": "Readiness: database, queue, tools and Erlang installations",
+        "responses": {"200": _ok({"type": "object"}, "Ready"),
+                      "503": _json(_obj(["result", "response"], result={"const": False},
+                                        response={"type": "object"}),
+                                   "The database is unreachable")}}},
     "/openapi.json": {"get": {
         "summary": "This description",
         "responses": {"200": {"description": "OpenAPI 3.1",
@@ -189,6 +234,8 @@ SPEC: dict[str, Any] = {
                       for name, text in (("BadRequest", "Invalid input; nothing was changed"),
                                          ("NotFound", "No such build"),
                                          ("Conflict", "The full_name is bound to another clone URL"),
+                                         ("Unauthorized", "Unsigned or wrongly signed webhook"),
+                                         ("Forbidden", "Webhooks are disabled (no secret)"),
                                          ("TooLarge", "The request body is over server.max_body_size"),
                                          ("Unavailable", "Shutting down, or the database is down"))},
     },
