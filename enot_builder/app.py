@@ -13,10 +13,12 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from . import db, pgcluster, toolchains
+from .api import pages
 from .builder import Builder
 from .config import Config
 from .errors import error_middleware
-from .keys import BUILDER, CONFIG, POOL, QUEUE, TOOLCHAIN
+from .keys import BUILDER, CONFIG, METRICS, POOL, QUEUE, TOOLCHAIN
+from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
 from .routes import setup_routes
 from .sandbox import Sandbox
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_size,
-                          middlewares=[error_middleware])
+                          middlewares=[metrics_middleware, error_middleware])
     app[CONFIG] = config
+    app[METRICS] = Metrics()
+    pages.setup(app)
     setup_routes(app)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
@@ -68,6 +72,7 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
 async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     queue = BuildQueue(app[POOL], app[BUILDER], config.worker_count)
+    queue.metrics = app[METRICS]
     await queue.start()
     app[QUEUE] = queue
     try:

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from .builder import Builder
 from .config import Config
+from .metrics import Metrics
 from .queue import BuildQueue
 from .toolchains import Toolchain
 
@@ -15,3 +16,4 @@ POOL = web.AppKey("pool", aiopg.Pool)
 TOOLCHAIN = web.AppKey("toolchain", Toolchain)
 BUILDER = web.AppKey("builder", Builder)
 QUEUE = web.AppKey("queue", BuildQueue)
+METRICS = web.AppKey("metrics", Metrics)

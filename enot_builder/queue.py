@@ -13,7 +13,8 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import aiopg
 import psycopg2
@@ -21,6 +22,9 @@ import psycopg2
 from . import store
 from .builder import BuildHooks, Builder, Outcome
 from .db import cursor
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class BuildQueue:
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._stopping = False
         self._changed = asyncio.Event()
+        self.metrics: Metrics | None = None  # set by the app; counts finished builds
 
     @property
     def accepting(self) -> bool:
@@ -109,6 +114,7 @@ class BuildQueue:
         build_id = str(build["id"])
         log.info("building %s: %s/%s %s erl=%s", build_id, build["namespace"], build["name"],
                  build["ref"], build["erl_version"] or "(from package)")
+        started = time.monotonic()
         task = asyncio.create_task(self.builder.run(build, self._hooks(build)))
         self._running[build_id] = task
         try:
@@ -124,6 +130,8 @@ class BuildQueue:
         finally:
             self._running.pop(build_id, None)
         await self._finish(build_id, outcome)
+        if self.metrics is not None:
+            self.metrics.record_build(outcome, build["erl_version"], time.monotonic() - started)
 
     async def _requeue(self, build_id: str) -> None:
         try:
@@ -165,6 +173,7 @@ class BuildQueue:
 
         async def releases_known(releases: list[str]) -> str:
             first, rest = releases[0], releases[1:]
+            build["erl_version"] = first  # what this build is, from now on (metrics)
             async with cursor(self.pool) as cur:
                 await store.set_build_erl_version(cur, build_id, first)
                 for release in rest:

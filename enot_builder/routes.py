@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .api import build, download, listing
+from .api import badge, build, download, listing, monitoring, pages, request_form
 
 
 def setup_routes(app: web.Application) -> None:
@@ -20,3 +20,15 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/download/{build_id}", download.download)
     app.router.add_post("/get", download.get)
     app.router.add_get("/build_log", download.build_log)
+    app.router.add_get("/badge", badge.badge)
+    app.router.add_get("/metrics", monitoring.metrics_page)
+
+    # Pages for people: under /ui/ (errors.is_page), so errors there render as HTML.
+    app.router.add_get("/", pages.home)
+    app.router.add_get("/ui/packages", pages.search)
+    app.router.add_get("/ui/packages/{namespace}/{name}", pages.package)
+    app.router.add_get("/ui/builds/{build_id}", pages.build)
+    app.router.add_get("/ui/queue", pages.queue)
+    app.router.add_get("/ui/request", request_form.request_form)
+    app.router.add_post("/ui/request", request_form.request_submit)
+    app.router.add_static("/static/", pages.STATIC)
