@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import exposition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ class Metrics:
         for result in ("succeeded", "failed"):
             self.build_duration.labels(result=result)
 
-    def record_build(self, outcome: "Outcome", erl_version: str | None, seconds: float) -> None:
+    def record_build(self, outcome: Outcome, erl_version: str | None, seconds: float) -> None:
         result = "succeeded" if outcome.succeeded else "failed"
         self.builds.labels(result=result, erl_version=erl_version or "unknown").inc()
         self.build_duration.labels(result=result).observe(seconds)
@@ -107,7 +106,7 @@ def of(app: web.Application) -> Metrics:
     return app[METRICS]
 
 
-def record_build(app: web.Application, outcome: "Outcome", erl_version: str | None,
+def record_build(app: web.Application, outcome: Outcome, erl_version: str | None,
                  seconds: float) -> None:
     of(app).record_build(outcome, erl_version, seconds)
 

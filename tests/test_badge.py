@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 import pytest
@@ -80,8 +80,8 @@ def test_badge_style_is_checked() -> None:
 
 def test_version_order() -> None:
     ordered = ["0.9", "1.0.0-rc1", "v1.0.0", "1.0.1", "1.2.0", "1.10.0", "10.0.0"]
-    assert sorted(reversed(ordered), key=version_key) == ordered
-    t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert sorted(ordered[::-1], key=version_key) == ordered
+    t = datetime(2024, 1, 1, tzinfo=UTC)
     assert newest([{"ref": "1.0.0", "success_at": t}, {"ref": "1.0.0-rc2", "success_at": t},
                    {"ref": "0.99", "success_at": t}]) == "1.0.0"
     assert newest([]) is None

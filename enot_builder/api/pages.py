@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,13 @@ def setup(app: web.Application) -> None:
 def when(value: datetime | None) -> str:
     if value is None:
         return "–"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def duration(start: datetime | None, end: datetime | None = None) -> str:
     if start is None:
         return "–"
-    seconds = int(((end or datetime.now(timezone.utc)) - start).total_seconds())
+    seconds = int(((end or datetime.now(UTC)) - start).total_seconds())
     minutes, seconds = divmod(max(seconds, 0), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:
