@@ -19,7 +19,8 @@ from ..keys import CONFIG, TOOLCHAIN
 from ..submission import BuildRequest, submit
 
 REF_SEPARATORS = re.compile(r"[\s,]+")
-VERSION_FIELD = re.compile(r"versions\[\d+\]\.ref")
+# The API's messages name JSON fields; the form has one field of tags.
+VERSION_FIELD = re.compile(r"Field 'versions\[\d+\]\.ref'")
 FIELDS = ("full_name", "clone_url", "refs", "erl_version")
 
 
@@ -57,7 +58,7 @@ async def request_submit(request: web.Request) -> web.Response:
             versions = validation.build_versions([{"ref": r} for r in refs])
             versions = [validation.VersionRequest(v.ref, erl) for v in versions]
         except ApiError as e:
-            errors["refs"] = VERSION_FIELD.sub("tag", e.message).replace("'versions'", "tags")
+            errors["refs"] = VERSION_FIELD.sub("Tag", e.message).replace("'versions'", "tags")
     if errors or namespace is None or name is None or clone_url is None:
         return _render(request, form, errors, notify, status=400)
     try:

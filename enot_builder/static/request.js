@@ -7,7 +7,8 @@
   var errorBox = document.getElementById("form-error");
 
   function showError(message) {
-    errorBox.textContent = message;
+    // The API names JSON fields; the form has one field of tags.
+    errorBox.textContent = message.replace(/Field 'versions\[\d+\]\.ref'/g, "Tag");
     errorBox.hidden = false;
   }
 
