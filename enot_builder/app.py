@@ -13,12 +13,14 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from . import db, pgcluster, toolchains
+from .api import pages
 from .builder import Builder
 from .mail import Mailer
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
-from .keys import BUILDER, CONFIG, ERTS, MAILER, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
+from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
+from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
 from .routes import setup_routes
 from .sandbox import Sandbox
@@ -28,8 +30,10 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_size,
-                          middlewares=[error_middleware])
+                          middlewares=[metrics_middleware, error_middleware])
     app[CONFIG] = config
+    app[METRICS] = Metrics()
+    pages.setup(app)
     setup_routes(app)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
@@ -71,7 +75,7 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
 
 
 async def mailer(app: web.Application) -> AsyncIterator[None]:
-    app[MAILER] = Mailer(app[CONFIG].mail)
+    app[MAILER] = Mailer(app[CONFIG].mail, app[METRICS])
     app[MAILER].start()
     try:
         yield
@@ -81,7 +85,7 @@ async def mailer(app: web.Application) -> AsyncIterator[None]:
 
 async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER])
+    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS])
     await queue.start()
     app[QUEUE] = queue
     try:

@@ -30,6 +30,8 @@ class ServerConfig:
     max_body_size: int = 1024 * 1024
     # Seconds running builds get to finish on SIGTERM before they are requeued.
     shutdown_grace: int = 20
+    # GET /badge: "svg" draws the badge here, "shields" redirects to img.shields.io.
+    badge_style: str = "svg"
 
 
 @dataclass
@@ -244,6 +246,8 @@ def _coerce(current: Any, value: Any, from_env: bool) -> Any:
 def validate(config: Config) -> None:
     if not 0 < config.server.port < 65536:
         raise ConfigError("[server] port must be between 1 and 65535")
+    if config.server.badge_style not in ("svg", "shields"):
+        raise ConfigError('[server] badge_style must be "svg" or "shields"')
     if config.builds.workers < 0:
         raise ConfigError("[builds] workers must be 0 (one per core) or more")
     if config.builds.sandbox not in ("bwrap", "none"):

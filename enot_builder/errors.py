@@ -1,8 +1,9 @@
 """One error shape for the whole API: the protocol's `{"result": false, "response": ...}`.
 
 Handlers raise ApiError; the middleware turns it, aiohttp's own HTTP errors and any
-unexpected exception into that envelope. No traceback ever reaches a client: it goes
-to the log with the request it belongs to.
+unexpected exception into that envelope, or, for the HTML pages, into a friendly error
+page (templates/error.html). No traceback ever reaches a client: it goes to the log
+with the request it belongs to.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
+import aiohttp_jinja2
 import psycopg2
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +51,67 @@ _REASONS = {
 }
 
 
+# Where the pages for people live (api/pages.py); everything else is the JSON API.
+PAGE_PREFIXES = ("/ui/", "/static/")
+
+
+def is_page(path: str) -> bool:
+    return path == "/" or path.startswith(PAGE_PREFIXES)
+
+
+def wants_html(request: web.Request) -> bool:
+    """Errors of pages are pages too, as are those of unknown paths a browser asked
+    for. The API's own paths always answer the JSON envelope."""
+    if is_page(request.path):
+        return True
+    unmatched = isinstance(request.match_info, MatchInfoError)
+    return unmatched and "text/html" in request.headers.get("Accept", "")
+
+
+def html_error(request: web.Request, status: int, message: str) -> web.Response:
+    try:
+        response = aiohttp_jinja2.render_template(
+            "error.html", request, {"status": status, "message": message}, status=status)
+    except Exception:  # a broken template must not hide the error itself
+        log.exception("cannot render the error page for %s %s", request.method, request.path)
+        response = web.Response(status=status, text=f"{status}: {message}\n")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    caught: web.HTTPException | None = None
     try:
         return await handler(request)
-    except ApiError as e:
-        return error_response(e.status, e.message, **e.details)
     except web.HTTPException as e:
         if e.status < 400:
-            raise
-        message = _REASONS.get(e.status, e.reason)
-        if e.status == 413:
-            message = f"Request body too large: the limit is {request.client_max_size} bytes"
-        elif e.status == 405:
-            allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
-            message = f"Method {request.method} not allowed for {request.path}" + (
-                f"; use {allowed}" if allowed else "")
-            response = error_response(405, message)
-            if allowed:
-                response.headers["Allow"] = allowed  # RFC 9110 wants it on a 405
-            return response
-        elif e.status == 404:
-            message = f"Not found: {request.path}"
-        return error_response(e.status, message)
+            raise  # redirects and the like are answers, not errors
+        caught = e
+        status, message, details = e.status, _http_message(request, e), {}
+    except ApiError as e:
+        status, message, details = e.status, e.message, e.details
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
         log.error("database unavailable during %s %s: %s", request.method, request.path, e)
-        return error_response(503, "The database is unavailable; try again shortly")
+        status, message, details = 503, "The database is unavailable; try again shortly", {}
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "Internal server error; it has been logged")
+        status, message, details = 500, "Internal server error; it has been logged", {}
+    response = html_error(request, status, message) if wants_html(request) \
+        else error_response(status, message, **details)
+    allowed = getattr(caught, "allowed_methods", None) if status == 405 else None
+    if allowed:
+        response.headers["Allow"] = ", ".join(sorted(allowed))  # RFC 9110 wants it on a 405
+    return response
+
+
+def _http_message(request: web.Request, e: web.HTTPException) -> str:
+    if e.status == 413:
+        return f"Request body too large: the limit is {request.client_max_size} bytes"
+    if e.status == 405:
+        allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
+        return f"Method {request.method} not allowed for {request.path}" + (
+            f"; use {allowed}" if allowed else "")
+    if e.status == 404:
+        return f"Not found: {request.path}"
+    return _REASONS.get(e.status, e.reason)

@@ -9,6 +9,7 @@ from .builder import Builder
 from .config import Config
 from .erts import ErtsCache
 from .mail import Mailer
+from .metrics import Metrics
 from .queue import BuildQueue
 from .toolchains import Toolchain
 
@@ -20,3 +21,4 @@ QUEUE = web.AppKey("queue", BuildQueue)
 MAILER = web.AppKey("mailer", Mailer)
 ERTS = web.AppKey("erts", ErtsCache)
 TOOL_VERSIONS = web.AppKey("tool_versions", dict)
+METRICS = web.AppKey("metrics", Metrics)

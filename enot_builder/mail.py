@@ -13,12 +13,15 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 import jinja2
 
 from .config import MailConfig
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,9 @@ def compose(builds: list[dict[str, Any]], public_url: str,
 
 
 class Mailer:
-    def __init__(self, config: MailConfig) -> None:
+    def __init__(self, config: MailConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.stats = MailStats()
         self._outbox: asyncio.Queue[EmailMessage] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -117,11 +121,15 @@ class Mailer:
                     start_tls=self.config.security == "starttls",
                     timeout=self.config.timeout)
                 self.stats.sent += 1
+                if self.metrics is not None:
+                    self.metrics.record_mail(sent=True)
                 log.info("mailed the build report to %s", message["To"])
                 return
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 if attempt == self.config.retries:
                     self.stats.failed += 1
+                    if self.metrics is not None:
+                        self.metrics.record_mail(sent=False)
                     log.error("giving up mailing %s after %d tries: %s", message["To"],
                               attempt + 1, e)
                     return

@@ -215,6 +215,18 @@ PATHS: dict[str, dict[str, Any]] = {
                       "503": _json(_obj(["result", "response"], result={"const": False},
                                         response={"type": "object"}),
                                    "The database is unreachable")}}},
+    "/badge": {"get": {
+        "summary": "A badge of the newest successfully built version",
+        "parameters": [_query("full_name", {"type": "string", "pattern": FULL_NAME},
+                              required=True)],
+        "responses": {"200": {"description": "An SVG badge",
+                              "content": {"image/svg+xml": {"schema": STRING}}},
+                      "302": {"description": "Redirect to shields.io (badge_style = shields)"},
+                      "400": BAD}}},
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "Prometheus or OpenMetrics text",
+                              "content": {"text/plain": {"schema": STRING}}}}}},
     "/openapi.json": {"get": {
         "summary": "This description",
         "responses": {"200": {"description": "OpenAPI 3.1",

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import os
 import socket
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import aiopg
 import psycopg2
@@ -22,6 +23,9 @@ from . import dependencies, mail, store
 from .builder import BuildHooks, Builder, Outcome
 from .config import Config
 from .db import cursor
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ DB_RETRY_SECONDS = 2.0
 
 class BuildQueue:
     def __init__(self, pool: aiopg.Pool, config: Config, builder: Builder,
-                 mailer: mail.Mailer) -> None:
+                 mailer: mail.Mailer, metrics: Metrics | None = None) -> None:
         self.pool = pool
         self.config = config
         self.builder = builder
@@ -44,6 +48,7 @@ class BuildQueue:
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._stopping = False
         self._changed = asyncio.Event()
+        self.metrics = metrics
 
     @property
     def accepting(self) -> bool:
@@ -113,6 +118,7 @@ class BuildQueue:
         build_id = str(build["id"])
         log.info("building %s: %s/%s %s erl=%s", build_id, build["namespace"], build["name"],
                  build["ref"], build["erl_version"] or "(from package)")
+        started = time.monotonic()
         task = asyncio.create_task(self.builder.run(build, self._hooks(build)))
         self._running[build_id] = task
         try:
@@ -128,6 +134,8 @@ class BuildQueue:
         finally:
             self._running.pop(build_id, None)
         await self._finish(build_id, outcome)
+        if self.metrics is not None:
+            self.metrics.record_build(outcome, build["erl_version"], time.monotonic() - started)
         await self._follow_up(build, outcome)
 
     async def _follow_up(self, build: dict[str, Any], outcome: Outcome) -> None:
@@ -192,6 +200,7 @@ class BuildQueue:
 
         async def releases_known(releases: list[str]) -> str:
             first, rest = releases[0], releases[1:]
+            build["erl_version"] = first  # what this build is, from now on (metrics)
             async with cursor(self.pool) as cur:
                 await store.set_build_erl_version(cur, build_id, first)
                 for release in rest:

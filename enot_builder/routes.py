@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import openapi
-from .api import build, download, listing, queue_status, toolchain, webhook
+from .api import (badge, build, download, listing, monitoring, pages, queue_status, request_form,
+                  toolchain, webhook)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -28,3 +29,16 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health", toolchain.health)
 
     app.router.add_get("/openapi.json", openapi.openapi_json)
+
+    app.router.add_get("/badge", badge.badge)
+    app.router.add_get("/metrics", monitoring.metrics_page)
+
+    # Pages for people: under /ui/ (errors.is_page), so errors there render as HTML.
+    app.router.add_get("/", pages.home)
+    app.router.add_get("/ui/packages", pages.search)
+    app.router.add_get("/ui/packages/{namespace}/{name}", pages.package)
+    app.router.add_get("/ui/builds/{build_id}", pages.build)
+    app.router.add_get("/ui/queue", pages.queue)
+    app.router.add_get("/ui/request", request_form.request_form)
+    app.router.add_post("/ui/request", request_form.request_submit)
+    app.router.add_static("/static/", pages.STATIC)

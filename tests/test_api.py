@@ -187,7 +187,7 @@ BAD_QUERIES = [
     ("GET", "/build_log", {"build_id": str(uuid.uuid4())}, 404, "No such build"),
     ("GET", "/build_log", {"build_id": "../../etc/passwd"}, 400, "not a build id"),
     ("GET", "/download/..%2F..%2Fetc%2Fpasswd", {}, 400, "not a build id"),
-    ("GET", "/download/%2e%2e", {}, 404, "Not found"),  # the dots resolve to /
+    ("GET", "/download/%2e%2e/%2e%2e/etc/passwd", {}, 404, "Not found: /etc/passwd"),  # dots resolve
     ("GET", "/search", {"name": "x" * 101}, 400, "'name'"),
     ("GET", "/nowhere", {}, 404, "Not found: /nowhere"),
     ("DELETE", "/buildAsync", {}, 405, "Method DELETE not allowed"),

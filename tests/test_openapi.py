@@ -17,8 +17,13 @@ from enot_builder.app import create_app
 from enot_builder.config import Config
 from enot_builder.openapi import SPEC
 
-# Routes that serve HTML to browsers: not part of the described API.
-HTML_PAGES: set[tuple[str, str]] = set()
+# Routes that serve HTML (and its CSS and JavaScript) to browsers: not part of the
+# described API.
+HTML_PAGES: set[tuple[str, str]] = {
+    ("GET", "/"), ("GET", "/ui/packages"), ("GET", "/ui/packages/{namespace}/{name}"),
+    ("GET", "/ui/builds/{build_id}"), ("GET", "/ui/queue"), ("GET", "/ui/request"),
+    ("POST", "/ui/request"), ("GET", "/static"),
+}
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -32,7 +37,7 @@ def routed_operations(app: web.Application) -> set[tuple[str, str]]:
         if route.method == "HEAD":
             continue  # aiohttp answers HEAD beside every GET
         info = route.resource.get_info()
-        found.add((route.method, info.get("path") or info["formatter"]))
+        found.add((route.method, info.get("path") or info.get("formatter") or info["prefix"]))
     return found
 
 

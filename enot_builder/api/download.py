@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import store, validation
+from .. import metrics, store, validation
 from ..db import cursor
 from ..errors import ApiError
 from ..keys import BUILDER, POOL
@@ -27,6 +27,7 @@ def _artifact_response(request: web.Request, artifact: dict) -> web.StreamRespon
     artifacts_dir = request.app[BUILDER].artifacts_dir
     if not path.is_relative_to(artifacts_dir) or not path.is_file():
         return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
+    metrics.record_download(request.app)
     # Artifacts never change once written, so any cache may keep them for good; the
     # FileResponse adds Content-Length, ETag, Last-Modified, Range and conditional GET.
     response = web.FileResponse(path, chunk_size=256 * 1024, headers={

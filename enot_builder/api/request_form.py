@@ -1,0 +1,81 @@
+"""GET and POST /ui/request: asking for a build from a browser.
+
+With JavaScript, static/request.js sends the form to POST /buildAsync as JSON. Without
+it, the form posts here: the same checks (validation.py) and the same submit() as the
+API, errors shown next to their fields, and on success a redirect to the build page.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from .. import validation
+from ..errors import ApiError
+from ..keys import CONFIG, TOOLCHAIN
+from ..submission import BuildRequest, submit
+
+REF_SEPARATORS = re.compile(r"[\s,]+")
+# The API's messages name JSON fields; the form has one field of tags.
+VERSION_FIELD = re.compile(r"Field 'versions\[\d+\]\.ref'")
+FIELDS = ("full_name", "clone_url", "refs", "erl_version")
+
+
+async def request_form(request: web.Request) -> web.Response:
+    form = {key: request.query.get(key, "") for key in FIELDS}
+    return _render(request, form, {}, notify=True)
+
+
+async def request_submit(request: web.Request) -> web.Response:
+    data = await request.post()
+    form = {key: str(data.get(key, "")).strip() for key in FIELDS}
+    notify = data.get("notify_email") is not None
+    errors: dict[str, str] = {}
+    namespace = name = clone_url = None
+    versions: list[validation.VersionRequest] = []
+    try:
+        namespace, name = validation.full_name(form["full_name"])
+    except ApiError as e:
+        errors["full_name"] = e.message
+    try:
+        clone_url = validation.clone_url(form["clone_url"], request.app[CONFIG].git)
+    except ApiError as e:
+        errors["clone_url"] = e.message
+    erl = form["erl_version"] or None
+    try:
+        if erl is not None:
+            validation.erl_version(erl)
+    except ApiError as e:
+        errors["erl_version"] = e.message
+    refs = [r for r in REF_SEPARATORS.split(form["refs"]) if r]
+    if not refs:
+        errors["refs"] = "Give at least one tag, such as 1.0.0"
+    else:
+        try:
+            versions = validation.build_versions([{"ref": r} for r in refs])
+            versions = [validation.VersionRequest(v.ref, erl) for v in versions]
+        except ApiError as e:
+            errors["refs"] = VERSION_FIELD.sub("Tag", e.message).replace("'versions'", "tags")
+    if errors or namespace is None or name is None or clone_url is None:
+        return _render(request, form, errors, notify, status=400)
+    try:
+        queued = await submit(request.app, BuildRequest(
+            namespace, name, clone_url, versions, notify_email=notify, requested_by="web"))
+    except ApiError as e:
+        # 409: the name is bound to another clone URL; 400: release not installed;
+        # 503: shutting down. Each belongs to a field, or to the whole form.
+        field = {409: "clone_url", 400: "erl_version"}.get(e.status, "form")
+        return _render(request, form, {field: e.message}, notify, status=e.status)
+    if len(queued) == 1:
+        raise web.HTTPSeeOther(f"/ui/builds/{queued[0]['build_id']}")
+    raise web.HTTPSeeOther(f"/ui/packages/{namespace}/{name}")
+
+
+def _render(request: web.Request, form: dict[str, str], errors: dict[str, str],
+            notify: bool, status: int = 200) -> web.Response:
+    context: dict[str, Any] = {"form": form, "errors": errors, "notify": notify,
+                               "releases": sorted(request.app[TOOLCHAIN].erlangs)}
+    return aiohttp_jinja2.render_template("request.html", request, context, status=status)

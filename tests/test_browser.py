@@ -1,0 +1,111 @@
+"""A person's path through the pages, in a real headless Chromium driven by Playwright.
+
+Uses Debian's chromium (`make test-deps` installs it as root); Playwright's own
+browser downloads are never used. Screenshots go to tests/artifacts/ for a person to
+look at after the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from . import projects
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="Playwright is not installed: pip install -e '.[test]'")
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"{CHROMIUM} is missing: `make test-deps` as root installs Debian's chromium",
+                allow_module_level=True)
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1200, "height": 900})
+            page = await context.new_page()
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            await browser.close()
+
+
+async def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def test_search_browse_and_request_a_build(client: TestClient, make_repo: Any,
+                                                 browser_page: Any) -> None:
+    page = browser_page
+    expect = playwright_api.expect
+    url = make_repo("hello", projects.enot_project(
+        "hello", prebuild=["for i in 1 2 3 4; do echo tick $i; sleep 1; done"]),
+        tag="1.0.0", extra_tags=("1.1.0",))
+    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    base = str(client.make_url("")).rstrip("/")
+
+    # Home: the search box and the last build.
+    await page.goto(base + "/")
+    await expect(page.locator("main")).to_contain_text("tester/hello")
+    await shot(page, "1-home")
+
+    # Search, then open the package.
+    await page.fill("#q", "hell")
+    await page.press("#q", "Enter")
+    await page.wait_for_url("**/ui/packages?q=hell")
+    await expect(page.locator("main table.packages")).to_contain_text("1.0.0")
+    await shot(page, "2-search")
+    await page.click("main >> text=tester/hello")
+    await page.wait_for_url("**/ui/packages/tester/hello")
+    await expect(page.locator("table.matrix")).to_contain_text("enot fetch tester/hello 1.0.0")
+    await expect(page.locator("table.matrix a.status-succeeded")).to_have_count(1)
+    badge_width = await page.eval_on_selector("img.badge", "img => img.naturalWidth")
+    assert badge_width > 50  # the SVG badge loaded and was drawn
+    await shot(page, "3-package")
+
+    # Ask for another tag through the form (prefilled from the package page).
+    await page.click("text=Build another tag")
+    await page.wait_for_url("**/ui/request?**")
+    await expect(page.locator("#full_name")).to_have_value("tester/hello")
+    await expect(page.locator("#clone_url")).to_have_value(url)
+    await page.fill("#refs", "bad..tag")
+    await page.click("button[type=submit]")
+    await expect(page.locator("#form-error")).to_contain_text("Tag is not a valid git tag")
+    await page.fill("#refs", "1.1.0")
+    await page.select_option("#erl_version", "25")
+    await shot(page, "4-request")
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/ui/builds/*")
+
+    # The build page follows the log live, then shows the result.
+    await expect(page.locator("#log")).to_contain_text("tick 1", timeout=60_000)
+    assert "tick 4" not in await page.locator("#log").inner_text()
+    await shot(page, "5-build-running")
+    await expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
+    await expect(page.locator("#log")).to_contain_text("SUCCESS")
+    await expect(page.locator("#download")).to_have_text("hello.ep")
+    await shot(page, "6-build-succeeded")
+
+    await page.goto(base + "/ui/packages/tester/hello")
+    await expect(page.locator("table.matrix a.status-succeeded")).to_have_count(2)
+    await page.goto(base + "/ui/queue")
+    await expect(page.locator("main")).to_contain_text("The queue is empty")
+    response = await page.goto(base + "/ui/builds/00000000-0000-0000-0000-000000000000")
+    assert response.status == 404
+    await expect(page.locator("h1")).to_have_text("Not found")
+    await shot(page, "7-not-found")
