@@ -39,7 +39,15 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(toolchain)
     app.cleanup_ctx.append(mailer)
     app.cleanup_ctx.append(build_queue)
+    app.on_shutdown.append(refuse_new_builds)
     return app
+
+
+async def refuse_new_builds(app: web.Application) -> None:
+    # on_shutdown runs before the cleanup contexts: from here until the queue stops,
+    # a request that would queue a build gets a 503 instead.
+    if QUEUE in app:
+        app[QUEUE].close_intake()
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:

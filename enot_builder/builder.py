@@ -9,6 +9,7 @@ symbolic links, so a link to a server file cannot smuggle that file out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import io
@@ -40,7 +41,22 @@ MAKE_VARIABLE = re.compile(rb"^\s*(PROJECT|PROJECT_DESCRIPTION|PROJECT_VERSION)\
 
 
 class BuildFailure(Exception):
-    """The build failed for a reason the author should read (it goes to log and message)."""
+    """The build failed for a reason the author should read (it goes to log and message).
+
+    `retryable` marks failures of the infrastructure rather than of the package (a
+    clone that timed out, a host that did not answer): those are tried again.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+# What git says when the other side, not the repository, is the problem.
+TRANSIENT_GIT_ERRORS = ("Could not resolve host", "Connection refused", "Connection timed out",
+                        "Failed to connect", "Operation timed out", "early EOF",
+                        "The remote end hung up unexpectedly", "returned error: 50",
+                        "gnutls_handshake", "SSL_connect", "Temporary failure in name resolution")
 
 
 @dataclass
@@ -53,6 +69,8 @@ class Outcome:
     artifact_size: int | None = None
     # Dependencies pinned to a tag, as the package's enot_config.json lists them.
     dependencies: list[tuple[str, str]] = field(default_factory=list)
+    # A failure of the infrastructure, worth another attempt.
+    retryable: bool = False
 
 
 @dataclass
@@ -104,14 +122,19 @@ class Builder:
         deadline = time.monotonic() + self.config.builds.timeout
         work_dir = self.work_root / build_id
         log_path = self.log_path(build_id)
-        with BuildLog(log_path, self.config.builds.log_limit_mb * 1024 * 1024) as build_log:
+        try:
+            build_log = BuildLog(log_path, self.config.builds.log_limit_mb * 1024 * 1024)
+        except OSError as e:
+            log.error("cannot open the log of build %s: %s", build_id, e)
+            return Outcome(False, f"server error: cannot write the build log ({e.strerror or e})")
+        with build_log:
             await hooks.log_opened(str(log_path))
             build_log.line(f"build {build_id} of {build['namespace']}/{build['name']} "
                            f"{build['ref']} (attempt {build['attempt']}), sandbox: {self.sandbox.mode}")
             try:
                 outcome = await self._run(build, hooks, work_dir, build_log, deadline)
             except BuildFailure as e:
-                outcome = Outcome(False, str(e))
+                outcome = Outcome(False, str(e), retryable=e.retryable)
             except SandboxError as e:
                 outcome = Outcome(False, f"the build sandbox is not usable: {e}")
             except OSError as e:
@@ -233,13 +256,15 @@ class Builder:
             build_log, timeout)
         check_log_full(step, build_log)
         if step.timed_out:
-            raise BuildFailure(f"git clone did not finish within {int(timeout)} s")
+            raise BuildFailure(f"git clone did not finish within {int(timeout)} s", retryable=True)
         if step.returncode != 0:
             text = step.output.decode(errors="replace")
             if "Remote branch" in text and "not found" in text:
                 raise BuildFailure(f"tag {build['ref']!r} not found in {redact(url)}")
-            raise BuildFailure(f"git clone of {redact(url)} failed (exit status {step.returncode}); "
-                               "see the build log")
+            transient = any(marker in text for marker in TRANSIENT_GIT_ERRORS)
+            raise BuildFailure(f"git clone of {redact(url)} failed (exit status {step.returncode})"
+                               + ("; the host did not answer" if transient else "")
+                               + "; see the build log", retryable=transient)
         # --branch also takes branch names; we build tags only. The tag comes along
         # with --branch, and we ask for it by its full name.
         check = await process.run(
@@ -337,16 +362,24 @@ class Builder:
             if e.errno == errno.ELOOP:
                 raise BuildFailure(f"{name} is a symbolic link; refusing it") from None
             raise
-        with os.fdopen(source_fd, "rb") as source:
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                raise BuildFailure(f"{name} is not a regular file")
-            with open(temporary, "wb") as out:
-                package_config = stamp_package(source, out, f"{build['namespace']}/{build['name']}")
-                out.flush()
-                os.fsync(out.fileno())
-        digest, size = sha256_file(temporary)
-        os.replace(temporary, target)
-        _fsync_dir(target_dir)
+        try:
+            with os.fdopen(source_fd, "rb") as source:
+                if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                    raise BuildFailure(f"{name} is not a regular file")
+                with open(temporary, "wb") as out:
+                    package_config = stamp_package(source, out,
+                                                   f"{build['namespace']}/{build['name']}")
+                    out.flush()
+                    os.fsync(out.fileno())
+            digest, size = sha256_file(temporary)
+            os.replace(temporary, target)
+            _fsync_dir(target_dir)
+        except BaseException:
+            # A full disk or a bad package: nothing half-written stays behind, and only a
+            # renamed, fsynced file is ever recorded (and so served).
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size,
                        tagged_dependencies(package_config))
 

@@ -74,6 +74,13 @@ class BuildsConfig:
     max_processes: int = 256
     max_file_size_mb: int = 512
     log_limit_mb: int = 16
+    # A build that failed for an infrastructure reason (clone timeout, unreachable
+    # host) runs again, up to max_attempts in all, after retry_delay seconds doubled
+    # with each attempt. A compile failure is final.
+    max_attempts: int = 3
+    retry_delay: int = 30
+    # A build still running this many seconds past its timeout is failed and killed.
+    watchdog_margin: int = 300
     # Unprivileged uid/gid builds run as, inside the sandbox, when the server is root.
     build_user: str = "nobody"
 
@@ -255,7 +262,7 @@ def validate(config: Config) -> None:
     if config.builds.sandbox == "none" and not config.builds.allow_unsandboxed:
         raise ConfigError('[builds] sandbox = "none" needs allow_unsandboxed = true')
     for key in ("timeout", "clone_timeout", "memory_limit_mb", "cpu_time", "max_processes",
-                "max_file_size_mb", "log_limit_mb"):
+                "max_file_size_mb", "log_limit_mb", "max_attempts", "watchdog_margin"):
         if getattr(config.builds, key) <= 0:
             raise ConfigError(f"[builds] {key} must be positive")
     if config.mail.security not in ("none", "starttls", "tls"):

@@ -14,13 +14,13 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import aiopg
 import psycopg2
 
 from . import dependencies, mail, store
-from .builder import BuildHooks, Builder, Outcome
+from .builder import BuildFailure, BuildHooks, Builder, Outcome
 from .config import Config
 from .db import cursor
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Workers also look at the table this often, for builds queued by another process.
 POLL_SECONDS = 5.0
 DB_RETRY_SECONDS = 2.0
+DB_WRITE_TRIES = 30
 
 
 class BuildQueue:
@@ -47,12 +48,19 @@ class BuildQueue:
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._stopping = False
+        self._intake_closed = False
+        self._killed: set[str] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.metrics = metrics
 
     @property
     def accepting(self) -> bool:
-        return not self._stopping
+        return not (self._stopping or self._intake_closed)
+
+    def close_intake(self) -> None:
+        """Shutdown has begun: refuse new builds (503) while running ones finish."""
+        self._intake_closed = True
 
     @property
     def running(self) -> list[str]:
@@ -68,6 +76,7 @@ class BuildQueue:
         self.builder.prepare_dirs()
         for i in range(self.worker_count):
             self._workers.append(asyncio.create_task(self._work(i), name=f"build-worker-{i}"))
+        self._watchdog = asyncio.create_task(self._watch(), name="build-watchdog")
         self.wake(self.worker_count)
 
     def wake(self, n: int = 1) -> None:
@@ -88,12 +97,15 @@ class BuildQueue:
         """Stop taking work; give running builds `grace` seconds; requeue the rest."""
         self._stopping = True
         self.wake(len(self._workers))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._running:
             log.info("waiting up to %.0f s for %d running build(s)", grace, len(self._running))
-            await asyncio.wait(list(self._running.values()), timeout=grace)
-        for task in self._workers:
+        # Idle workers leave at once; busy ones after recording their build.
+        if self._workers:
+            await asyncio.wait(self._workers, timeout=grace)
+        for task in [*self._workers, *([self._watchdog] if self._watchdog else [])]:
             task.cancel()
-        for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
@@ -124,19 +136,31 @@ class BuildQueue:
         try:
             outcome = await task
         except asyncio.CancelledError:
-            # Shutdown after the grace period: the cancellation reached the build too,
-            # which stops its subprocess; let it clean up, then put it back in the queue.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            await asyncio.shield(self._requeue(build_id))
-            raise
+            worker = asyncio.current_task()
+            if build_id in self._killed and worker is not None and worker.cancelling() == 0:
+                # The watchdog stopped this build, not a shutdown: it has failed.
+                outcome = Outcome(False, "stopped by the watchdog: still running "
+                                         f"{self.config.builds.watchdog_margin} s past its "
+                                         f"time limit of {self.config.builds.timeout} s")
+            else:
+                # Shutdown after the grace period: the cancellation reached the build
+                # too, which stops its subprocess; let it clean up, then requeue it.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                await asyncio.shield(self._requeue(build_id))
+                raise
+        except Exception:
+            log.exception("build %s crashed", build_id)
+            outcome = Outcome(False, "internal error of the build server; it has been logged")
         finally:
             self._running.pop(build_id, None)
-        await self._finish(build_id, outcome)
+            self._killed.discard(build_id)
+        final = await self._finish(build, outcome)
         if self.metrics is not None:
             self.metrics.record_build(outcome, build["erl_version"], time.monotonic() - started)
-        await self._follow_up(build, outcome)
+        if final:
+            await self._follow_up(build, outcome)
 
     async def _follow_up(self, build: dict[str, Any], outcome: Outcome) -> None:
         """After a build: queue its missing dependencies, mail finished requests."""
@@ -160,6 +184,51 @@ class BuildQueue:
         except psycopg2.Error as e:
             log.error("follow-up of build %s failed: %s", build_id, e)
 
+    async def _watch(self) -> None:
+        """Fail builds still running well past their time limit, and stop them.
+
+        The builder enforces the limit itself; this catches what slipped through: a
+        build whose supervision hung, or one a process that died left behind.
+        """
+        limit = self.config.builds.timeout + self.config.builds.watchdog_margin
+        period = min(30.0, max(1.0, self.config.builds.watchdog_margin / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                async with cursor(self.pool) as cur:
+                    stuck = await store.stuck_builds(cur, limit)
+                    for build_id in stuck:
+                        task = self._running.get(build_id)
+                        if task is not None:
+                            log.error("watchdog: stopping build %s, running past %d s",
+                                      build_id, limit)
+                            self._killed.add(build_id)
+                            task.cancel()
+                        else:
+                            log.error("watchdog: build %s of another process ran past %d s; "
+                                      "marking it failed", build_id, limit)
+                            await store.finish_build(
+                                cur, build_id, succeeded=False,
+                                message=f"stopped by the watchdog: no result {limit} s after "
+                                        "it started")
+            except psycopg2.Error as e:
+                log.warning("watchdog cannot read the builds: %s", e)
+
+    async def _write(self, statement: Callable[[aiopg.Cursor], Awaitable[None]]) -> bool:
+        """Run a write for a running build, riding out a database outage of up to a minute.
+
+        The build goes on meanwhile; False when the database stayed away.
+        """
+        for attempt in range(DB_WRITE_TRIES):
+            try:
+                async with cursor(self.pool) as cur:
+                    await statement(cur)
+                return True
+            except psycopg2.Error as e:
+                log.warning("database write failed (try %d): %s", attempt + 1, e)
+                await asyncio.sleep(DB_RETRY_SECONDS)
+        return False
+
     async def _requeue(self, build_id: str) -> None:
         try:
             async with cursor(self.pool) as cur:
@@ -169,47 +238,60 @@ class BuildQueue:
             # It stays 'running'; the next start-up requeues it.
             log.error("cannot requeue build %s: %s", build_id, e)
 
-    async def _finish(self, build_id: str, outcome: Outcome) -> None:
-        for attempt in range(30):
-            try:
-                async with cursor(self.pool) as cur:
-                    await store.finish_build(
-                        cur, build_id, succeeded=outcome.succeeded, message=outcome.message,
-                        artifact_path=outcome.artifact_path, artifact_name=outcome.artifact_name,
-                        artifact_sha256=outcome.artifact_sha256,
-                        artifact_size=outcome.artifact_size)
-                break
-            except psycopg2.Error as e:
-                log.warning("cannot record the result of build %s (try %d): %s",
-                            build_id, attempt + 1, e)
-                await asyncio.sleep(DB_RETRY_SECONDS)
+    async def _finish(self, build: dict[str, Any], outcome: Outcome) -> bool:
+        """Record the outcome, or queue the build again; True when the outcome is final."""
+        build_id = str(build["id"])
+        attempts = build["attempt"]
+        retry = (not outcome.succeeded and outcome.retryable
+                 and attempts < self.config.builds.max_attempts)
+        if not outcome.succeeded and outcome.retryable and attempts > 1 and not retry:
+            outcome.message += f" (gave up after {attempts} attempts)"
+        if retry:
+            delay = self.config.builds.retry_delay * 2 ** (attempts - 1)
+            message = f"attempt {attempts} failed: {outcome.message}; retrying in {delay} s"
+            if await self._write(lambda cur: store.retry_build(cur, build_id, delay, message)):
+                log.info("build %s will be retried in %d s: %s", build_id, delay,
+                         outcome.message)
+            return False
+        recorded = await self._write(lambda cur: store.finish_build(
+            cur, build_id, succeeded=outcome.succeeded, message=outcome.message,
+            artifact_path=outcome.artifact_path, artifact_name=outcome.artifact_name,
+            artifact_sha256=outcome.artifact_sha256, artifact_size=outcome.artifact_size))
+        if not recorded:
+            # It stays 'running'; the watchdog or the next start-up deals with it.
+            log.error("could not record the result of build %s", build_id)
         log.info("build %s %s: %s", build_id, "succeeded" if outcome.succeeded else "failed",
                  outcome.message)
         self._announce()
+        return True
 
     def _hooks(self, build: dict[str, Any]) -> BuildHooks:
         build_id = str(build["id"])
 
         async def log_opened(path: str) -> None:
-            async with cursor(self.pool) as cur:
-                await store.set_build_log(cur, build_id, path)
+            await self._write(lambda cur: store.set_build_log(cur, build_id, path))
 
         async def source_known(sha: str, email: str | None) -> None:
-            async with cursor(self.pool) as cur:
-                await store.set_build_source(cur, build_id, sha, email)
+            await self._write(lambda cur: store.set_build_source(cur, build_id, sha, email))
 
         async def releases_known(releases: list[str]) -> str:
             first, rest = releases[0], releases[1:]
             build["erl_version"] = first  # what this build is, from now on (metrics)
-            async with cursor(self.pool) as cur:
-                await store.set_build_erl_version(cur, build_id, first)
-                for release in rest:
-                    child = await store.enqueue_build(
-                        cur, repository_id=build["repository_id"], ref=build["ref"],
-                        erl_version=release, priority=build["priority"],
-                        requested_by=build["requested_by"], notify_email=build["notify_email"],
-                        parent_id=build_id)
-                    await store.link_split_build(cur, build_id, child["id"])
+
+            async def split(cur: aiopg.Cursor) -> None:
+                async with cur.begin():
+                    await store.set_build_erl_version(cur, build_id, first)
+                    for release in rest:
+                        child = await store.enqueue_build(
+                            cur, repository_id=build["repository_id"], ref=build["ref"],
+                            erl_version=release, priority=build["priority"],
+                            requested_by=build["requested_by"],
+                            notify_email=build["notify_email"], parent_id=build_id)
+                        await store.link_split_build(cur, build_id, child["id"])
+
+            if not await self._write(split):
+                raise BuildFailure("the database was unavailable while choosing the Erlang "
+                                   "releases", retryable=True)
             self.wake(len(rest))
             return first
 

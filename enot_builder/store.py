@@ -120,6 +120,7 @@ async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
             UPDATE builds SET status = 'running', started_at = now(), finished_at = NULL,
                               attempt = attempt + 1, worker = %(worker)s
             WHERE id = (SELECT id FROM builds WHERE status = 'queued'
+                          AND (not_before IS NULL OR not_before <= now())
                         ORDER BY priority DESC, created_at
                         LIMIT 1 FOR UPDATE SKIP LOCKED)
             RETURNING *
@@ -161,6 +162,42 @@ async def requeue_build(cur: aiopg.Cursor, build_id: str) -> None:
         """,
         {"id": build_id},
     )
+
+
+async def retry_build(cur: aiopg.Cursor, build_id: str, delay: float, message: str) -> None:
+    """Back to the queue after an infrastructure failure, not to run before `delay` s.
+
+    Like a requeue, it yields to an identical build queued meanwhile.
+    """
+    await cur.execute(
+        """
+        UPDATE builds b SET
+            status = CASE WHEN dup.id IS NULL THEN 'queued' ELSE 'cancelled' END::build_status,
+            not_before = now() + make_interval(secs => %(delay)s),
+            started_at = CASE WHEN dup.id IS NULL THEN NULL ELSE b.started_at END,
+            finished_at = CASE WHEN dup.id IS NULL THEN NULL ELSE now() END,
+            message = CASE WHEN dup.id IS NULL THEN %(message)s
+                           ELSE 'superseded by the identical queued build ' || dup.id END,
+            worker = NULL
+        FROM (SELECT %(id)s::uuid AS id) me
+        LEFT JOIN builds self ON self.id = me.id
+        LEFT JOIN builds dup ON dup.status = 'queued' AND dup.repository_id = self.repository_id
+             AND dup.ref = self.ref
+             AND coalesce(dup.erl_version, '') = coalesce(self.erl_version, '')
+        WHERE b.id = me.id AND b.status = 'running'
+        """,
+        {"id": build_id, "delay": delay, "message": message},
+    )
+
+
+async def stuck_builds(cur: aiopg.Cursor, seconds: int) -> list[str]:
+    """Builds running for longer than `seconds`."""
+    await cur.execute(
+        "SELECT id::text AS id FROM builds WHERE status = 'running'"
+        " AND started_at < now() - make_interval(secs => %(s)s)",
+        {"s": seconds},
+    )
+    return [row["id"] for row in await cur.fetchall()]
 
 
 async def set_build_erl_version(cur: aiopg.Cursor, build_id: str, erl_version: str) -> None:

@@ -136,3 +136,18 @@ def test_sigterm_requeues_a_build_that_outlives_the_grace(server: Server, make_r
     assert server.proc.wait(timeout=60) == 0
     assert build_status(db_conn, build_id) == "queued"
     assert running_processes("sleep 30") == []
+
+
+def test_sigterm_lets_a_short_build_finish(server: Server, make_repo: Any, db_conn: Any,
+                                           server_config: Path) -> None:
+    server_config.write_text(server_config.read_text().replace("shutdown_grace = 2",
+                                                               "shutdown_grace = 30"))
+    url = make_repo("brief", projects.enot_project("brief", prebuild=["sleep 3"]))
+    server.start()
+    status, body = http.post(server.port, "/buildAsync", {
+        "full_name": "tester/brief", "clone_url": url, "versions": [{"ref": "1.0.0"}]})
+    build_id = body["response"][0]["build_id"]
+    wait_status(db_conn, build_id, {"running"})
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+    assert build_status(db_conn, build_id) == "succeeded"

@@ -1,0 +1,168 @@
+"""Faults: shutdown intake, retries, the watchdog, write errors, a PostgreSQL outage."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from enot_builder import config as config_module
+from enot_builder import pgcluster
+from enot_builder.app import create_app
+from enot_builder.keys import QUEUE
+
+from . import projects
+from .conftest import wait_for_status, world_readable_tempdir
+
+
+async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
+    client.server.app[QUEUE].close_intake()  # what on_shutdown does on SIGTERM
+    r = await client.post("/buildAsync", json={
+        "full_name": "tester/late", "clone_url": "https://github.com/tester/late",
+        "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 503
+    assert await r.json() == {
+        "result": False,
+        "response": "The server is shutting down and takes no new builds; retry shortly"}
+    assert (await client.get("/last_builds")).status == 200  # reading still works
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM builds")
+        assert cur.fetchone()[0] == 0
+
+
+async def test_unreachable_host_is_retried_then_given_up(make_client: Any, db_conn: Any) -> None:
+    # No network here: github.com does not resolve, an infrastructure failure.
+    client = await make_client(builds__max_attempts=2, builds__retry_delay=1)
+    r = await client.post("/buildAsync", json={
+        "full_name": "tester/offline", "clone_url": "https://github.com/tester/offline",
+        "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    build = await wait_for_status(client, build_id, ("failed",), timeout=60)
+    assert build["attempt"] == 2
+    assert "the host did not answer" in build["message"]
+    assert build["message"].endswith("(gave up after 2 attempts)")
+    log = await (await client.get("/build_log", params={"build_id": build_id})).text()
+    assert "(attempt 1)" in log and "(attempt 2)" in log
+
+
+async def test_compile_failure_is_not_retried(make_client: Any, make_repo: Any) -> None:
+    client = await make_client(builds__max_attempts=3, builds__retry_delay=1)
+    url = make_repo("once", projects.broken_project("once"))
+    r = await client.post("/buildSync", json={"full_name": "tester/once", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422
+    build_id = (await r.json())["builds"][0]["build_id"]
+    build = await wait_for_status(client, build_id, ("failed",))
+    assert build["attempt"] == 1
+
+
+async def test_watchdog_fails_a_build_stuck_past_its_timeout(make_client: Any,
+                                                             db_conn: Any) -> None:
+    client = await make_client(builds__timeout=1, builds__watchdog_margin=1)
+    # A build some dead or hung process claimed an hour ago and never finished.
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO repositories (namespace, name, clone_url)"
+                    " VALUES ('tester', 'stuck', 'https://github.com/tester/stuck') RETURNING id")
+        repo = cur.fetchone()[0]
+        cur.execute("INSERT INTO builds (repository_id, ref, erl_version, status, started_at,"
+                    " attempt, worker) VALUES (%s, '1.0.0', '25', 'running',"
+                    " now() - interval '1 hour', 1, 'ghost:1/0') RETURNING id::text", (repo,))
+        build_id = cur.fetchone()[0]
+    build = await wait_for_status(client, build_id, ("failed",), timeout=20)
+    assert build["message"].startswith("stopped by the watchdog")
+
+
+async def test_artifact_store_write_error_fails_cleanly(make_client: Any, make_repo: Any,
+                                                        data_dir: Path) -> None:
+    client = await make_client()
+    artifacts = data_dir / "artifacts"
+    shutil.rmtree(artifacts)
+    artifacts.write_text("not a directory: every artifact write fails")
+    url = make_repo("unstored", projects.enot_project("unstored"))
+    r = await client.post("/buildSync", json={"full_name": "tester/unstored", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422, await r.text()
+    [build] = (await r.json())["builds"]
+    assert build["message"].startswith("server error while building")
+    assert (await client.get(f"/download/{build['build_id']}")).status == 404
+    r = await client.post("/get", json={"full_name": "tester/unstored",
+                                        "versions": [{"ref": "1.0.0", "erl_version": "25"}]})
+    assert r.status == 404
+
+
+@pytest.fixture
+def tiny_artifact_disk(data_dir: Path) -> Iterator[Path]:
+    """A 16 KiB file system under the artifact store: a full disk, for real."""
+    artifacts = data_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(artifacts)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield artifacts
+    subprocess.run(["umount", "-l", str(artifacts)], check=False)
+
+
+async def test_full_disk_leaves_no_half_written_artifact(make_client: Any, make_repo: Any,
+                                                         tiny_artifact_disk: Path) -> None:
+    client = await make_client()
+    big = "\n".join(f"f{i}() -> {i}." for i in range(3000))  # a package of a few 100 KB
+    files = projects.enot_project("bulky", body=f"hi() -> world.\n{big}")
+    files["src/bulky.erl"] = files["src/bulky.erl"].replace(
+        "-export([hi/0]).", "-compile(export_all).\n-compile(nowarn_export_all).")
+    url = make_repo("bulky", files)
+    r = await client.post("/buildSync", json={"full_name": "tester/bulky", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422, await r.text()
+    [build] = (await r.json())["builds"]
+    assert "No space left on device" in build["message"]
+    leftovers = [p for p in tiny_artifact_disk.rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert (await client.get(f"/download/{build['build_id']}")).status == 404
+
+
+async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
+                                           make_repo: Any) -> None:
+    """A cluster of this test's own goes away while a build runs, and comes back."""
+    root = world_readable_tempdir("enot-builder-test-outage-")
+    cluster = pgcluster.for_config(root, "enot-builder")
+    cluster.ensure_started()
+    try:
+        config = config_module.Config()
+        config.database.dsn = cluster.dsn
+        config.storage.data_dir = str(data_dir)
+        config.git.allowed_schemes = ["https", "file"]
+        config.builds.workers = 1
+        client = await aiohttp_client(create_app(config))
+        url = make_repo("outlast", projects.enot_project("outlast", prebuild=["sleep 4"]))
+        r = await client.post("/buildAsync", json={"full_name": "tester/outlast",
+                                                   "clone_url": url,
+                                                   "versions": [{"ref": "1.0.0"}]})
+        build_id = (await r.json())["response"][0]["build_id"]
+        await wait_for_status(client, build_id, ("running",))
+        await asyncio.to_thread(cluster.stop)
+        r = await client.get("/last_builds")
+        assert r.status == 503
+        assert (await r.json())["response"] == "The database is unavailable; try again shortly"
+        await asyncio.sleep(5)  # the build ends while the database is away
+        await asyncio.to_thread(cluster.ensure_started)
+        build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=90)
+        assert build["status"] == "succeeded", build["message"]
+        # The workers took up claiming again by themselves.
+        second = make_repo("later", projects.enot_project("later"))
+        r = await client.post("/buildSync", json={"full_name": "tester/later", "clone_url": second,
+                                                  "versions": [{"ref": "1.0.0"}]})
+        body = await r.json()
+        log = ""
+        if r.status != 200:
+            log = await (await client.get("/build_log", params={
+                "build_id": body["builds"][0]["build_id"]})).text()
+        assert r.status == 200, log
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
