@@ -170,7 +170,7 @@ class Builder:
             self._hand_over(work_dir)
         else:
             await self._clone(build, work_dir, root, src_rel, build_log, deadline)
-        sha, email = await self._source(work_dir, root, src_rel, build_log, deadline)
+        sha, email = await self._source(build, work_dir, root, src_rel, deadline)
         await hooks.source_known(sha, email)
         build_log.line(f"commit {sha}" + (f" by {email}" if email else ""))
 
@@ -265,30 +265,26 @@ class Builder:
             raise BuildFailure(f"git clone of {redact(url)} failed (exit status {step.returncode})"
                                + ("; the host did not answer" if transient else "")
                                + "; see the build log", retryable=transient)
-        # --branch also takes branch names; we build tags only. The tag comes along
-        # with --branch, and we ask for it by its full name.
-        check = await process.run(
-            self.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", src_rel,
-                                  "rev-parse", "-q", "--verify",
-                                  f"refs/tags/{build['ref']}^{{commit}}"],
-                                 work_dir=work_dir, cwd=root, env=env, network=False),
-            None, 60)
-        if check.returncode != 0:
-            raise BuildFailure(f"{build['ref']!r} is a branch, not a tag, in {redact(url)}; "
-                               "only tags are built")
 
-    async def _source(self, work_dir: Path, root: str, src_rel: str, build_log: BuildLog,
+    async def _source(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
                       deadline: float) -> tuple[str, str | None]:
+        """The tagged commit and its author's e-mail.
+
+        Asking for refs/tags/<ref> by its full name also proves the ref is a tag:
+        `git clone --branch` takes branch names too, and we build tags only.
+        """
         step = await process.run(
             self.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", src_rel, "log",
-                                  "-1", "--format=%H%n%ae"],
+                                  "-1", "--format=%H%n%ae", f"refs/tags/{build['ref']}^{{commit}}",
+                                  "--"],
                                  work_dir=work_dir, cwd=root,
                                  env={"HOME": f"{root}/home", "GIT_CONFIG_NOSYSTEM": "1"},
                                  network=False),
             None, min(60, deadline - time.monotonic()))
         lines = step.output.decode(errors="replace").splitlines()
         if step.returncode != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[0]):
-            raise BuildFailure("could not read the tagged commit")
+            raise BuildFailure(f"{build['ref']!r} is a branch, not a tag, in "
+                               f"{redact(build['clone_url'])}; only tags are built")
         email = lines[1].strip() if len(lines) > 1 else ""
         return lines[0], (email if re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", email) else None)
 

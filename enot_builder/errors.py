@@ -35,6 +35,12 @@ def envelope(payload: Any, status: int = 200) -> web.Response:
                              dumps=_dumps)
 
 
+def envelope_json(payload_json: str, status: int = 200) -> web.Response:
+    """The success envelope around a payload that is already JSON text."""
+    return web.Response(text=f'{{"result": true, "response": {payload_json}}}', status=status,
+                        content_type="application/json")
+
+
 def error_response(status: int, message: str, **details: Any) -> web.Response:
     body = {"result": False, "response": message, **details}
     return web.json_response(body, status=status, dumps=_dumps)

@@ -48,6 +48,16 @@ _VERSION_FILTER = """
 """
 
 
+def _json_array(query: str) -> str:
+    """One JSON array text of the `doc`s of `query`, newest `sort_key` first.
+
+    Listings are built by PostgreSQL and passed to the client as they are: no parsing
+    into Python objects and encoding them again on every request.
+    """
+    return ("SELECT coalesce(json_agg(page.doc ORDER BY page.sort_key DESC), '[]')::text"
+            f" AS docs FROM ({query}) page")
+
+
 def _filters(versions: Sequence[dict[str, str]] | None) -> str | None:
     return None if versions is None else json.dumps(list(versions))
 
@@ -289,11 +299,11 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
 
 
 async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version: str | None,
-                 erl_version: str | None, limit: int) -> list[Any]:
-    """The latest finished build of each matching version, newest first."""
+                 erl_version: str | None, limit: int) -> str:
+    """The latest finished build of each matching version, newest first (a JSON array)."""
     await cur.execute(
-        f"""
-        SELECT {_PACKAGE_BUILD_JSON} AS doc
+        _json_array(f"""
+        SELECT {_PACKAGE_BUILD_JSON} AS doc, b.finished_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.last_build_id
@@ -303,67 +313,67 @@ async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version
           AND (%(erl_version)s::text IS NULL OR pv.erl_version = %(erl_version)s)
         ORDER BY b.finished_at DESC
         LIMIT %(limit)s
-        """,
+        """),
         {"name": name, "namespace": namespace, "version": version,
          "erl_version": erl_version, "limit": limit},
     )
-    return [row["doc"] for row in await cur.fetchall()]
+    return (await cur.fetchone())["docs"]
 
 
-async def last_builds(cur: aiopg.Cursor, n: int) -> list[Any]:
-    """The n most recent successful package-builds, newest first."""
+async def last_builds(cur: aiopg.Cursor, n: int) -> str:
+    """The n most recent successful package-builds, newest first (a JSON array)."""
     await cur.execute(
-        f"""
-        SELECT {_PACKAGE_BUILD_JSON} AS doc
+        _json_array(f"""
+        SELECT {_PACKAGE_BUILD_JSON} AS doc, pv.success_at AS sort_key
         FROM package_versions pv
         JOIN repositories r ON r.id = pv.repository_id
         JOIN builds b ON b.id = pv.success_build_id
         WHERE pv.success_build_id IS NOT NULL
         ORDER BY pv.success_at DESC
         LIMIT %(n)s
-        """,
+        """),
         {"n": n},
     )
-    return [row["doc"] for row in await cur.fetchall()]
+    return (await cur.fetchone())["docs"]
 
 
 async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
-                            versions: Sequence[dict[str, str]] | None) -> list[Any]:
-    """/builds: the downloadable build of each matching version."""
+                            versions: Sequence[dict[str, str]] | None) -> str:
+    """/builds: the downloadable build of each matching version (a JSON array)."""
     await cur.execute(
-        f"""
+        _json_array(f"""
         SELECT json_build_object(
             'build_id', b.id, 'result', true, 'message', b.message,
             'artifact_path', '/download/' || b.id, 'created_date', b.finished_at,
             'ref', pv.ref, 'erl_version', pv.erl_version,
-            'sha256', b.artifact_sha256, 'size', b.artifact_size) AS doc
+            'sha256', b.artifact_sha256, 'size', b.artifact_size) AS doc,
+            pv.success_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.success_build_id
         WHERE r.namespace = %(namespace)s AND r.name = %(name)s AND {_VERSION_FILTER}
-        ORDER BY pv.success_at DESC
-        """,
+        """),
         {"namespace": namespace, "name": name, "filters": _filters(versions)},
     )
-    return [row["doc"] for row in await cur.fetchall()]
+    return (await cur.fetchone())["docs"]
 
 
 async def successful_versions(cur: aiopg.Cursor, namespace: str, name: str,
-                              versions: Sequence[dict[str, str]] | None) -> list[Any]:
-    """/versions: the (ref, Erlang release) pairs that can be downloaded."""
+                              versions: Sequence[dict[str, str]] | None) -> str:
+    """/versions: the (ref, Erlang release) pairs that can be downloaded (a JSON array)."""
     await cur.execute(
-        f"""
+        _json_array(f"""
         SELECT json_build_object('versionId', pv.id, 'ref', pv.ref,
-                                 'erl_version', pv.erl_version) AS doc
+                                 'erl_version', pv.erl_version) AS doc,
+               pv.success_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         WHERE r.namespace = %(namespace)s AND r.name = %(name)s
           AND pv.success_build_id IS NOT NULL AND {_VERSION_FILTER}
-        ORDER BY pv.success_at DESC
-        """,
+        """),
         {"namespace": namespace, "name": name, "filters": _filters(versions)},
     )
-    return [row["doc"] for row in await cur.fetchall()]
+    return (await cur.fetchone())["docs"]
 
 
 async def newest_artifact(cur: aiopg.Cursor, namespace: str, name: str,

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from .. import store, validation
 from ..db import cursor
-from ..errors import envelope
+from ..errors import envelope_json
 from ..keys import POOL
 
 MAX_SEARCH = 1000
@@ -32,13 +32,13 @@ async def search(request: web.Request) -> web.Response:
     async with cursor(request.app[POOL]) as cur:
         found = await store.search(cur, name=name, namespace=namespace, version=version,
                                    erl_version=erl_version, limit=limit)
-    return envelope(found)
+    return envelope_json(found)
 
 
 async def last_builds(request: web.Request) -> web.Response:
     n = validation.int_param(request, "n", 10, 1, MAX_LAST)
     async with cursor(request.app[POOL]) as cur:
-        return envelope(await store.last_builds(cur, n))
+        return envelope_json(await store.last_builds(cur, n))
 
 
 async def _package_query(request: web.Request) -> tuple[str, str, list[dict[str, str]] | None]:
@@ -50,10 +50,10 @@ async def _package_query(request: web.Request) -> tuple[str, str, list[dict[str,
 async def builds(request: web.Request) -> web.Response:
     namespace, name, filters = await _package_query(request)
     async with cursor(request.app[POOL]) as cur:
-        return envelope(await store.successful_builds(cur, namespace, name, filters))
+        return envelope_json(await store.successful_builds(cur, namespace, name, filters))
 
 
 async def versions(request: web.Request) -> web.Response:
     namespace, name, filters = await _package_query(request)
     async with cursor(request.app[POOL]) as cur:
-        return envelope(await store.successful_versions(cur, namespace, name, filters))
+        return envelope_json(await store.successful_versions(cur, namespace, name, filters))
