@@ -266,11 +266,11 @@ http {{
             try:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     return
-            except OSError:
+            except OSError as e:
                 if self.proc.poll() is not None:
                     raise RuntimeError("nginx did not start: "
                                        + (self.dir / "stderr.log").read_text()
-                                       + (self.dir / "error.log").read_text())
+                                       + (self.dir / "error.log").read_text()) from e
                 time.sleep(0.1)
         raise RuntimeError("nginx did not start within 10 s")
 

@@ -15,11 +15,11 @@ from aiohttp import web
 from . import db, pgcluster, toolchains
 from .api import pages
 from .builder import Builder
-from .mail import Mailer
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
 from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
+from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
 from .routes import setup_routes

@@ -40,9 +40,8 @@ class Duplicate(Exception):
 
 
 async def queue_in_transaction(cur: aiopg.Cursor, request: BuildRequest) -> list[dict[str, Any]]:
-    if request.delivery is not None:
-        if not await store.record_delivery(cur, *request.delivery):
-            raise Duplicate(request.delivery[0])
+    if request.delivery is not None and not await store.record_delivery(cur, *request.delivery):
+        raise Duplicate(request.delivery[0])
     full_name = f"{request.namespace}/{request.name}"
     repository = await store.bind_repository(
         cur, request.namespace, request.name, request.clone_url, request.authoritative)

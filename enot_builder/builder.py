@@ -30,7 +30,7 @@ from . import process, validation
 from .buildlog import BuildLog
 from .config import Config
 from .sandbox import Sandbox, SandboxError
-from .toolchains import ErlangInstallation, Toolchain
+from .toolchains import Toolchain
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ class BuildLog:
             os.fsync(self._file.fileno())
             self._file.close()
 
-    def __enter__(self) -> "BuildLog":
+    def __enter__(self) -> BuildLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ import sys
 
 from aiohttp import web
 
-from . import __version__, config as config_module, db, pgcluster, toolchains
+from . import __version__, db, pgcluster, toolchains
+from . import config as config_module
 from .app import create_app
 from .sandbox import Sandbox
 

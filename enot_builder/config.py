@@ -225,7 +225,7 @@ def _coerce(current: Any, value: Any, from_env: bool) -> Any:
             raise TypeError(f"expected a number, got {value!r}")
         return float(value)
     if isinstance(current, int):
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, (bool, float)):
             raise TypeError(f"expected an integer, got {value!r}")
         return int(value)
     if isinstance(current, str):

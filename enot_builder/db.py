@@ -57,9 +57,8 @@ async def create_pool(dsn: str, maxsize: int) -> aiopg.Pool:
 
 @asynccontextmanager
 async def cursor(pool: aiopg.Pool) -> AsyncIterator[aiopg.Cursor]:
-    async with pool.acquire() as conn:
-        async with conn.cursor() as cur:
-            yield cur
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        yield cur
 
 
 async def schema_version(cur: aiopg.Cursor) -> int:

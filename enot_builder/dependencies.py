@@ -16,10 +16,10 @@ import aiopg
 import psycopg2
 
 from . import store, validation
+from .build_requests import PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
 from .config import Config
 from .db import cursor
 from .errors import ApiError
-from .build_requests import PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
 
 log = logging.getLogger(__name__)
 

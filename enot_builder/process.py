@@ -91,10 +91,8 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM the step's process group, wait KILL_GRACE, then SIGKILL, then reap."""
     if proc.returncode is None:
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), timeout=KILL_GRACE)
-        except TimeoutError:
-            pass
     _signal_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         await proc.wait()

@@ -20,7 +20,7 @@ import aiopg
 import psycopg2
 
 from . import dependencies, mail, store
-from .builder import BuildFailure, BuildHooks, Builder, Outcome
+from .builder import Builder, BuildFailure, BuildHooks, Outcome
 from .config import Config
 from .db import cursor
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import openapi
-from .api import (badge, build, download, listing, monitoring, pages, queue_status, request_form,
-                  toolchain, webhook)
+from .api import (
+    badge,
+    build,
+    download,
+    listing,
+    monitoring,
+    pages,
+    queue_status,
+    request_form,
+    toolchain,
+    webhook,
+)
 
 
 def setup_routes(app: web.Application) -> None:

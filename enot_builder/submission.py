@@ -22,8 +22,7 @@ async def submit(app: web.Application, request: BuildRequest) -> list[dict[str, 
         if version.erl_version is not None and version.erl_version not in installed:
             raise ApiError(400, f"Erlang/OTP {version.erl_version} is not installed on this "
                                 f"server (installed: {', '.join(sorted(installed)) or 'none'})")
-    async with cursor(app[POOL]) as cur:
-        async with cur.begin():
-            queued = await queue_in_transaction(cur, request)
+    async with cursor(app[POOL]) as cur, cur.begin():
+        queued = await queue_in_transaction(cur, request)
     queue.wake(len(queued))
     return queued

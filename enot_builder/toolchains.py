@@ -99,7 +99,7 @@ def kerl_installations() -> list[Path]:
             if len(parts) == 2 and parts[-1].startswith("/")]
 
 
-def tool_versions(toolchain: "Toolchain") -> dict[str, str | None]:
+def tool_versions(toolchain: Toolchain) -> dict[str, str | None]:
     """What `check` and /health report of each tool."""
     def first_line(argv: list[str]) -> str | None:
         try:

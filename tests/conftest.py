@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg2
 import pytest

@@ -10,7 +10,6 @@ from typing import Any, Iterator
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiohttp.test_utils import TestClient
 
 from enot_builder.keys import MAILER
 

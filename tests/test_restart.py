@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
 from . import http, projects
 from .conftest import free_port, running_processes
 

@@ -7,10 +7,10 @@ from typing import Any
 from aiohttp import web
 
 from .. import store, validation
+from ..build_requests import BuildRequest
 from ..db import cursor
 from ..errors import ApiError, envelope, error_response
 from ..keys import CONFIG, POOL, QUEUE
-from ..build_requests import BuildRequest
 from ..submission import submit
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -117,9 +117,14 @@ async def _follow(request: web.Request, build_id: str, info: dict) -> web.Stream
 
 
 async def _send_from(response: web.StreamResponse, path: Path, offset: int) -> int:
+    """Send what the log gained since `offset`; file reads happen off the event loop."""
+    while chunk := await asyncio.to_thread(_read_at, path, offset):
+        await response.write(chunk)
+        offset += len(chunk)
+    return offset
+
+
+def _read_at(path: Path, offset: int, size: int = 64 * 1024) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
-        while chunk := f.read(64 * 1024):
-            await response.write(chunk)
-            offset += len(chunk)
-    return offset
+        return f.read(size)

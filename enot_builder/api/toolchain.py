@@ -8,7 +8,7 @@ import psycopg2
 from aiohttp import web
 
 from .. import db, store, validation
-from ..keys import ERTS, POOL, QUEUE, TOOLCHAIN, TOOL_VERSIONS
+from ..keys import ERTS, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
 
 
 async def download_erts(request: web.Request) -> web.StreamResponse:

@@ -7,9 +7,9 @@ import logging
 from aiohttp import web
 
 from .. import github, validation
+from ..build_requests import BuildRequest, Duplicate
 from ..errors import ApiError, envelope
 from ..keys import CONFIG
-from ..build_requests import BuildRequest, Duplicate
 from ..submission import submit
 
 log = logging.getLogger(__name__)
