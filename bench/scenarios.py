@@ -247,6 +247,9 @@ class _CaptureCursor:
     async def fetchall(self) -> list[Any]:
         return []
 
+    async def fetchone(self) -> dict[str, Any]:
+        return {"docs": "[]"}
+
 
 def _explain(conn: Any) -> list[str]:
     """Planning and execution time inside PostgreSQL of the server's own /search and

@@ -13,7 +13,7 @@ import aiopg
 
 from . import store
 from .errors import ApiError
-from .validation import VersionRequest, same_repository
+from .validation import VersionRequest, names_match, same_repository
 
 # People first: dependency builds queue below them.
 PRIORITY_PERSON = 10
@@ -43,6 +43,7 @@ async def queue_in_transaction(cur: aiopg.Cursor, request: BuildRequest) -> list
     if request.delivery is not None and not await store.record_delivery(cur, *request.delivery):
         raise Duplicate(request.delivery[0])
     full_name = f"{request.namespace}/{request.name}"
+    names_match(request.clone_url, request.namespace, request.name)
     repository = await store.bind_repository(
         cur, request.namespace, request.name, request.clone_url, request.authoritative)
     if not request.authoritative and not same_repository(repository["clone_url"],

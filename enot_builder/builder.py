@@ -22,7 +22,7 @@ import stat
 import tarfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
@@ -35,6 +35,9 @@ from .toolchains import Toolchain
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1024 * 1024
+# Direct dependencies of one package that we queue builds for: a bound on what one
+# package can make this server do.
+MAX_DEPENDENCIES = 100
 ERLANG_MK_INCLUDE = re.compile(rb"^\s*-?include\s+\S*erlang\.mk\s*$", re.MULTILINE)
 MAKE_VARIABLE = re.compile(rb"^\s*(PROJECT|PROJECT_DESCRIPTION|PROJECT_VERSION)\s*[:?]?=\s*(.*?)\s*$",
                            re.MULTILINE)
@@ -127,7 +130,7 @@ class Builder:
         except OSError as e:
             log.error("cannot open the log of build %s: %s", build_id, e)
             return Outcome(False, f"server error: cannot write the build log ({e.strerror or e})")
-        with build_log:
+        try:
             await hooks.log_opened(str(log_path))
             build_log.line(f"build {build_id} of {build['namespace']}/{build['name']} "
                            f"{build['ref']} (attempt {build['attempt']}), sandbox: {self.sandbox.mode}")
@@ -147,6 +150,8 @@ class Builder:
             finally:
                 await asyncio.to_thread(remove_tree, work_dir)
             build_log.line(("SUCCESS: " if outcome.succeeded else "FAILED: ") + outcome.message)
+        finally:
+            await asyncio.to_thread(build_log.close)  # it fsyncs
         return outcome
 
     async def _run(self, build: dict[str, Any], hooks: BuildHooks, work_dir: Path,
@@ -159,7 +164,7 @@ class Builder:
         (work_dir / "src").mkdir()
         (work_dir / "home").mkdir()
         self._write_git_config(work_dir)
-        self._hand_over(work_dir)
+        await asyncio.to_thread(self._hand_over, work_dir)
 
         # 1. The tag, and nothing but the tag: cloned, or copied from the clone of the
         # build this one was split off from (one clone serves every Erlang release).
@@ -167,7 +172,7 @@ class Builder:
         if snapshot is not None and snapshot.is_dir():
             build_log.line("source copied from the clone of build " + str(build["parent_id"]))
             await asyncio.to_thread(shutil.copytree, snapshot, src, symlinks=True)
-            self._hand_over(work_dir)
+            await asyncio.to_thread(self._hand_over, work_dir)
         else:
             await self._clone(build, work_dir, root, src_rel, build_log, deadline)
         sha, email = await self._source(build, work_dir, root, src_rel, deadline)
@@ -187,7 +192,7 @@ class Builder:
         # 3. enot.
         adapt_project(src, build["name"], build_log)
         self._write_enot_config(work_dir, root, erl_version)
-        self._hand_over(work_dir)
+        await asyncio.to_thread(self._hand_over, work_dir)
         build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
         argv = [str(self.toolchain.enot), "package", "-l", "info"]
         env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
@@ -339,6 +344,10 @@ class Builder:
 
     def _store_artifact(self, build: dict[str, Any], src: Path) -> Outcome:
         build_id = str(build["id"])
+        # The build owned src/ until now and could have swapped it for a link to a
+        # server directory; nothing of it runs any more, so one check holds.
+        if os.path.realpath(src) != str(src):
+            raise BuildFailure("the build replaced its source directory with a link; refusing it")
         candidates = [entry for entry in _scan(src) if entry.name.endswith(".ep")]
         if not candidates:
             raise BuildFailure("enot finished but produced no .ep package")
@@ -387,9 +396,9 @@ def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]
     whatever the project's own format (enot_config.json deps, rebar.config git deps
     with {tag, ...}, erlang.mk dep_* lines), so this one reading covers them all.
     """
-    pins = []
+    pins: list[tuple[str, str]] = []
     deps = package_config.get("deps")
-    for dep in deps if isinstance(deps, list) else []:
+    for dep in (deps if isinstance(deps, list) else [])[:MAX_DEPENDENCIES]:
         if isinstance(dep, dict) and isinstance(dep.get("url"), str) \
                 and isinstance(dep.get("tag"), str) and dep["tag"]:
             pins.append((dep["url"], dep["tag"]))
@@ -415,6 +424,14 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, 
                 tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as stamped:
             seen_config: dict[str, Any] | None = None
             for member in package:
+                # enot clients unpack with a bare extractall(): an absolute or ../ name,
+                # a link or a device in a package would write outside its directory on
+                # every machine that installs it.
+                parts = PurePosixPath(member.name).parts
+                if not (member.isfile() or member.isdir()) or not parts or parts[0] == "/" \
+                        or ".." in parts:
+                    raise BuildFailure(f"the package holds an unsafe entry {member.name!r} "
+                                       "(only plain files and directories inside it are allowed)")
                 data = package.extractfile(member) if member.isfile() else None
                 if member.name == "enot_config.json" and data is not None:
                     try:

@@ -48,16 +48,21 @@ def serve(config: config_module.Config) -> int:
 def migrate(config: config_module.Config) -> int:
     async def run() -> list[int]:
         dsn = config.database.dsn
+        cluster = None
         if not dsn:
             cluster = pgcluster.for_config(config.data_dir, config.database.cluster_user)
-            await asyncio.to_thread(cluster.ensure_started)
+            started = await asyncio.to_thread(cluster.ensure_started)
             dsn = cluster.dsn
-        pool = await db.create_pool(dsn, 2)
         try:
-            return await db.migrate(pool)
+            pool = await db.create_pool(dsn, 2)
+            try:
+                return await db.migrate(pool)
+            finally:
+                pool.close()
+                await pool.wait_closed()
         finally:
-            pool.close()
-            await pool.wait_closed()
+            if cluster is not None and started:  # leave a cluster the server runs alone
+                await asyncio.to_thread(cluster.stop)
 
     applied = asyncio.run(run())
     print(f"applied migrations: {', '.join(map(str, applied))}" if applied

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiopg
 import psycopg2
@@ -24,15 +23,6 @@ from .errors import ApiError
 log = logging.getLogger(__name__)
 
 
-def full_name_from_url(url: str) -> tuple[str, str]:
-    """namespace/name from a clone URL's last two path parts (without .git)."""
-    parts = [p for p in urlsplit(url).path.split("/") if p]
-    if len(parts) < 2:
-        raise validation.bad(f"cannot tell namespace/name from {url}")
-    name = parts[-1][:-4] if parts[-1].endswith(".git") else parts[-1]
-    return validation.full_name(f"{parts[-2]}/{name}", "dependency")
-
-
 async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, Any],
                              pins: list[tuple[str, str]]) -> list[str]:
     """Queue the missing tagged dependencies of a finished build; return what was queued."""
@@ -43,7 +33,7 @@ async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, 
         try:
             clone_url = validation.clone_url(url, config.git)
             ref = validation.ref(tag)
-            namespace, name = full_name_from_url(clone_url)
+            namespace, name = validation.repository_of(clone_url, "dependency")
         except ApiError as e:
             log.info("dependency %s %s of %s is not built here: %s", url, tag, parent, e.message)
             continue

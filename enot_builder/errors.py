@@ -97,7 +97,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status, message, details = e.status, _http_message(request, e), {}
     except ApiError as e:
         status, message, details = e.status, e.message, e.details
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, TimeoutError) as e:
+        # TimeoutError: aiopg's, when the database does not answer within the pool timeout.
         log.error("database unavailable during %s %s: %s", request.method, request.path, e)
         status, message, details = 503, "The database is unavailable; try again shortly", {}
     except Exception:

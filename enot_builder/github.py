@@ -55,7 +55,7 @@ def tag_to_build(event: str, body: bytes) -> TagEvent | str:
     """The tag a delivery asks us to build, or the reason it asks for nothing."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         raise WebhookRejected(400, "The webhook body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise WebhookRejected(400, "The webhook body must be a JSON object")

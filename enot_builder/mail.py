@@ -107,6 +107,8 @@ class Mailer:
             message = await self._outbox.get()
             try:
                 await self._deliver(message)
+            except Exception:  # one bad message must not stop the mailer
+                log.exception("cannot mail %s", message["To"])
             finally:
                 self._outbox.task_done()
 

@@ -61,37 +61,46 @@ class Cluster:
         cmd = args
         if self.user is not None:
             cmd = ["runuser", "-u", self.user, "--", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, cwd="/")
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, cwd="/")
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"{' '.join(args[:2])} did not finish within {timeout} s") from None
 
     def _chown(self, path: Path) -> None:
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
-    def ensure_started(self) -> None:
-        """initdb when new, start when stopped, create the database when missing."""
+    def ensure_started(self) -> bool:
+        """initdb when new, start when stopped, create the database when missing.
+
+        True when this call started the cluster (False: it was running already)."""
         bin_dir = find_pg_bin()
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
-        self._chown(self.root)
-        self._chown(self.socket_dir)
+        for directory in (self.root, self.socket_dir):
+            self._chown(directory)
+            directory.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
             log.info("creating private PostgreSQL cluster in %s", self.data)
             result = self._run([str(bin_dir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
                                 "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"])
             if result.returncode != 0:
                 raise ClusterError(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
+        started = False
         if self._run([str(bin_dir / "pg_ctl"), "status", "-D", str(self.data)]).returncode != 0:
             log.info("starting private PostgreSQL cluster in %s", self.data)
+            # trust authentication is safe only because nobody else can reach the socket.
             options = (f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}' "
-                       "-c max_connections=100 -c fsync=on")
+                       "-c unix_socket_permissions=0700 -c max_connections=100 -c fsync=on")
             result = self._run([str(bin_dir / "pg_ctl"), "start", "-w", "-t", "60",
                                 "-D", str(self.data), "-l", str(self.root / "postgresql.log"),
                                 "-o", options])
             if result.returncode != 0:
                 tail = _tail(self.root / "postgresql.log")
                 raise ClusterError(f"pg_ctl start failed: {result.stderr.strip()} {tail}")
+            started = True
         exists = self._run([str(bin_dir / "psql"), "-h", str(self.socket_dir), "-U", SUPERUSER,
                             "-d", "postgres", "-tAc",
                             f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"])
@@ -102,6 +111,7 @@ class Cluster:
                                 "-U", SUPERUSER, DATABASE])
             if result.returncode != 0:
                 raise ClusterError(f"createdb failed: {result.stderr.strip()}")
+        return started
 
     def stop(self) -> None:
         bin_dir = find_pg_bin()

@@ -68,7 +68,9 @@ class BuildQueue:
 
     async def start(self) -> None:
         async with cursor(self.pool) as cur:
-            orphans = await store.running_builds(cur)
+            # Builds of this host's dead processes; another host's are its own business
+            # (and the watchdog's). One builder process per host.
+            orphans = await store.running_builds(cur, socket.gethostname())
             for build_id in orphans:
                 await store.requeue_build(cur, build_id)
         if orphans:
@@ -112,11 +114,11 @@ class BuildQueue:
 
     async def _work(self, index: int) -> None:
         worker = f"{self.name}/{index}"
-        while not self._stopping:
+        while self.accepting:
             try:
                 async with cursor(self.pool) as cur:
                     build = await store.claim_build(cur, worker)
-            except (psycopg2.Error, OSError) as e:
+            except (psycopg2.Error, OSError) as e:  # OSError: aiopg's TimeoutError too
                 log.warning("worker %s cannot claim builds: %s", worker, e)
                 await asyncio.sleep(DB_RETRY_SECONDS)
                 continue
@@ -124,7 +126,18 @@ class BuildQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.get(), POLL_SECONDS)
                 continue
-            await self._build(build)
+            try:
+                await self._build(build)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Whatever went wrong, the worker lives on, and the build is not left
+                # running (if even this fails, the watchdog's turn comes).
+                log.exception("worker %s failed around build %s", worker, build["id"])
+                await self._write(lambda cur: store.finish_build(
+                    cur, str(build["id"]), worker=worker, succeeded=False,
+                    message="internal error of the build server; it has been logged"), tries=3)
+                self._announce()
 
     async def _build(self, build: dict[str, Any]) -> None:
         build_id = str(build["id"])
@@ -148,7 +161,7 @@ class BuildQueue:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-                await asyncio.shield(self._requeue(build_id))
+                await asyncio.shield(self._requeue(build))
                 raise
         except Exception:
             log.exception("build %s crashed", build_id)
@@ -156,10 +169,10 @@ class BuildQueue:
         finally:
             self._running.pop(build_id, None)
             self._killed.discard(build_id)
-        final = await self._finish(build, outcome)
-        if self.metrics is not None:
-            self.metrics.record_build(outcome, build["erl_version"], time.monotonic() - started)
-        if final:
+        if await self._finish(build, outcome):
+            if self.metrics is not None:
+                self.metrics.record_build(outcome, build["erl_version"],
+                                          time.monotonic() - started)
             await self._follow_up(build, outcome)
 
     async def _follow_up(self, build: dict[str, Any], outcome: Outcome) -> None:
@@ -181,8 +194,8 @@ class BuildQueue:
                     report = await store.request_report(cur, request_id)
                     self.mailer.send(mail.compose(report, self.config.public_url,
                                                   self.config.mail.sender))
-        except psycopg2.Error as e:
-            log.error("follow-up of build %s failed: %s", build_id, e)
+        except Exception:  # a failed mail or dependency scan never touches the build
+            log.exception("follow-up of build %s failed", build_id)
 
     async def _watch(self) -> None:
         """Fail builds still running well past their time limit, and stop them.
@@ -211,32 +224,34 @@ class BuildQueue:
                                 cur, build_id, succeeded=False,
                                 message=f"stopped by the watchdog: no result {limit} s after "
                                         "it started")
-            except psycopg2.Error as e:
+            except (psycopg2.Error, OSError) as e:
                 log.warning("watchdog cannot read the builds: %s", e)
 
-    async def _write(self, statement: Callable[[aiopg.Cursor], Awaitable[None]]) -> bool:
+    async def _write(self, statement: Callable[[aiopg.Cursor], Awaitable[None]],
+                     tries: int = DB_WRITE_TRIES) -> bool:
         """Run a write for a running build, riding out a database outage of up to a minute.
 
         The build goes on meanwhile; False when the database stayed away.
         """
-        for attempt in range(DB_WRITE_TRIES):
+        for attempt in range(tries):
             try:
                 async with cursor(self.pool) as cur:
                     await statement(cur)
                 return True
-            except psycopg2.Error as e:
+            except (psycopg2.Error, OSError) as e:
                 log.warning("database write failed (try %d): %s", attempt + 1, e)
                 await asyncio.sleep(DB_RETRY_SECONDS)
         return False
 
-    async def _requeue(self, build_id: str) -> None:
-        try:
-            async with cursor(self.pool) as cur:
-                await store.requeue_build(cur, build_id)
+    async def _requeue(self, build: dict[str, Any]) -> None:
+        build_id = str(build["id"])
+        if await self._write(lambda cur: store.requeue_build(cur, build_id,
+                                                             worker=build["worker"]),
+                             tries=3):
             log.info("build %s interrupted by shutdown and requeued", build_id)
-        except psycopg2.Error as e:
+        else:
             # It stays 'running'; the next start-up requeues it.
-            log.error("cannot requeue build %s: %s", build_id, e)
+            log.error("cannot requeue build %s", build_id)
 
     async def _finish(self, build: dict[str, Any], outcome: Outcome) -> bool:
         """Record the outcome, or queue the build again; True when the outcome is final."""
@@ -249,12 +264,15 @@ class BuildQueue:
         if retry:
             delay = self.config.builds.retry_delay * 2 ** (attempts - 1)
             message = f"attempt {attempts} failed: {outcome.message}; retrying in {delay} s"
-            if await self._write(lambda cur: store.retry_build(cur, build_id, delay, message)):
+            if await self._write(lambda cur: store.requeue_build(
+                    cur, build_id, worker=build["worker"], delay=delay, message=message,
+                    attempt_counts=True)):
                 log.info("build %s will be retried in %d s: %s", build_id, delay,
                          outcome.message)
             return False
         recorded = await self._write(lambda cur: store.finish_build(
-            cur, build_id, succeeded=outcome.succeeded, message=outcome.message,
+            cur, build_id, worker=build["worker"], succeeded=outcome.succeeded,
+            message=outcome.message,
             artifact_path=outcome.artifact_path, artifact_name=outcome.artifact_name,
             artifact_sha256=outcome.artifact_sha256, artifact_size=outcome.artifact_size))
         if not recorded:

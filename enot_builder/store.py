@@ -112,7 +112,8 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
                 %(notify_email)s, %(parent_id)s)
         ON CONFLICT (repository_id, ref, coalesce(erl_version, '')) WHERE status = 'queued'
         DO UPDATE SET priority = greatest(builds.priority, EXCLUDED.priority),
-                      notify_email = builds.notify_email OR EXCLUDED.notify_email
+                      notify_email = builds.notify_email OR EXCLUDED.notify_email,
+                      not_before = NULL
         RETURNING id::text AS id, (xmax = 0) AS inserted
         """,
         {"repository_id": repository_id, "ref": ref, "erl_version": erl_version,
@@ -142,62 +143,58 @@ async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
     return await cur.fetchone()
 
 
-async def running_builds(cur: aiopg.Cursor) -> list[str]:
+async def running_builds(cur: aiopg.Cursor, host: str) -> list[str]:
+    """Builds left running by workers of this host (named `host:pid/n`), oldest first."""
     await cur.execute("SELECT id::text AS id FROM builds WHERE status = 'running'"
-                      " ORDER BY started_at")
+                      " AND split_part(worker, ':', 1) = %(host)s ORDER BY started_at",
+                      {"host": host})
     return [row["id"] for row in await cur.fetchall()]
 
 
-async def requeue_build(cur: aiopg.Cursor, build_id: str) -> None:
-    """An interrupted build goes back to the queue to run again.
+async def requeue_build(cur: aiopg.Cursor, build_id: str, *, worker: str | None = None,
+                        delay: float = 0, message: str | None = None,
+                        attempt_counts: bool = False) -> None:
+    """A running build goes back to the queue (after `delay` seconds).
 
-    When an identical build was queued meanwhile (one queued copy is allowed), this
-    one is cancelled instead and the queued one does the work.
+    On a retry the attempt counts; after an interruption (shutdown, a dead process)
+    it does not. When an identical build was queued meanwhile (one queued copy is
+    allowed), this one is cancelled in its favour instead: superseded_by points at it,
+    and this build's requests now wait for it. `worker` guards against writing over a
+    build another worker has claimed since.
     """
-    await cur.execute(
-        """
-        UPDATE builds b SET
-            status = CASE WHEN dup.id IS NULL THEN 'queued' ELSE 'cancelled' END::build_status,
-            started_at = CASE WHEN dup.id IS NULL THEN NULL ELSE b.started_at END,
-            finished_at = CASE WHEN dup.id IS NULL THEN NULL ELSE now() END,
-            message = CASE WHEN dup.id IS NULL THEN b.message
-                           ELSE 'superseded by the identical queued build ' || dup.id END,
-            worker = NULL
-        FROM (SELECT %(id)s::uuid AS id) me
-        LEFT JOIN builds self ON self.id = me.id
-        LEFT JOIN builds dup ON dup.status = 'queued' AND dup.repository_id = self.repository_id
-             AND dup.ref = self.ref
-             AND coalesce(dup.erl_version, '') = coalesce(self.erl_version, '')
-        WHERE b.id = me.id AND b.status = 'running'
-        """,
-        {"id": build_id},
-    )
-
-
-async def retry_build(cur: aiopg.Cursor, build_id: str, delay: float, message: str) -> None:
-    """Back to the queue after an infrastructure failure, not to run before `delay` s.
-
-    Like a requeue, it yields to an identical build queued meanwhile.
-    """
-    await cur.execute(
-        """
-        UPDATE builds b SET
-            status = CASE WHEN dup.id IS NULL THEN 'queued' ELSE 'cancelled' END::build_status,
-            not_before = now() + make_interval(secs => %(delay)s),
-            started_at = CASE WHEN dup.id IS NULL THEN NULL ELSE b.started_at END,
-            finished_at = CASE WHEN dup.id IS NULL THEN NULL ELSE now() END,
-            message = CASE WHEN dup.id IS NULL THEN %(message)s
-                           ELSE 'superseded by the identical queued build ' || dup.id END,
-            worker = NULL
-        FROM (SELECT %(id)s::uuid AS id) me
-        LEFT JOIN builds self ON self.id = me.id
-        LEFT JOIN builds dup ON dup.status = 'queued' AND dup.repository_id = self.repository_id
-             AND dup.ref = self.ref
-             AND coalesce(dup.erl_version, '') = coalesce(self.erl_version, '')
-        WHERE b.id = me.id AND b.status = 'running'
-        """,
-        {"id": build_id, "delay": delay, "message": message},
-    )
+    async with cur.begin():
+        await cur.execute(
+            """
+            UPDATE builds b SET
+                status = CASE WHEN dup.id IS NULL THEN 'queued' ELSE 'cancelled' END::build_status,
+                not_before = now() + make_interval(secs => %(delay)s),
+                attempt = b.attempt - CASE WHEN %(counts)s THEN 0 ELSE 1 END,
+                started_at = CASE WHEN dup.id IS NULL THEN NULL ELSE b.started_at END,
+                finished_at = CASE WHEN dup.id IS NULL THEN NULL ELSE now() END,
+                message = CASE WHEN dup.id IS NULL THEN coalesce(%(message)s, b.message)
+                               ELSE 'superseded by the identical queued build ' || dup.id END,
+                superseded_by = dup.id,
+                worker = NULL
+            FROM (SELECT %(id)s::uuid AS id) me
+            LEFT JOIN builds self ON self.id = me.id
+            LEFT JOIN builds dup ON dup.status = 'queued'
+                 AND dup.repository_id = self.repository_id AND dup.ref = self.ref
+                 AND coalesce(dup.erl_version, '') = coalesce(self.erl_version, '')
+            WHERE b.id = me.id AND b.status = 'running'
+              AND (%(worker)s::text IS NULL OR b.worker = %(worker)s)
+            RETURNING b.superseded_by::text AS successor
+            """,
+            {"id": build_id, "delay": delay, "message": message, "counts": attempt_counts,
+             "worker": worker},
+        )
+        row = await cur.fetchone()
+        if row is not None and row["successor"] is not None:
+            await cur.execute(
+                "INSERT INTO request_builds (request_id, build_id)"
+                " SELECT request_id, %(successor)s FROM request_builds WHERE build_id = %(id)s"
+                " ON CONFLICT DO NOTHING",
+                {"id": build_id, "successor": row["successor"]},
+            )
 
 
 async def stuck_builds(cur: aiopg.Cursor, seconds: int) -> list[str]:
@@ -229,6 +226,7 @@ async def set_build_log(cur: aiopg.Cursor, build_id: str, log_path: str) -> None
 
 
 async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, message: str,
+                       worker: str | None = None,
                        artifact_path: str | None = None, artifact_name: str | None = None,
                        artifact_sha256: str | None = None,
                        artifact_size: int | None = None) -> None:
@@ -236,7 +234,7 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
     params = {"id": build_id, "status": "succeeded" if succeeded else "failed",
               "message": message, "artifact_path": artifact_path,
               "artifact_name": artifact_name, "artifact_sha256": artifact_sha256,
-              "artifact_size": artifact_size}
+              "artifact_size": artifact_size, "worker": worker}
     async with cur.begin():
         await cur.execute(
             """
@@ -245,6 +243,7 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
                    artifact_name = %(artifact_name)s, artifact_sha256 = %(artifact_sha256)s,
                    artifact_size = %(artifact_size)s
             WHERE id = %(id)s AND status = 'running'
+              AND (%(worker)s::text IS NULL OR worker = %(worker)s)
             RETURNING repository_id, ref, erl_version
             """,
             params,
@@ -290,7 +289,9 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
         SELECT b.id::text AS id, b.status::text AS status, b.ref, b.erl_version, b.message,
                r.namespace, r.name
         FROM builds b JOIN repositories r ON r.id = b.repository_id
-        WHERE b.id = ANY(%(ids)s::uuid[]) OR b.parent_id = ANY(%(ids)s::uuid[])
+        WHERE (b.id = ANY(%(ids)s::uuid[]) OR b.parent_id = ANY(%(ids)s::uuid[])
+               OR b.id IN (SELECT superseded_by FROM builds WHERE id = ANY(%(ids)s::uuid[])))
+          AND b.superseded_by IS NULL
         ORDER BY b.created_at
         """,
         {"ids": list(build_ids)},

@@ -39,7 +39,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise bad("The request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # bad UTF-8, bad JSON, or numbers too long to convert
         raise bad(f"The request body is not valid JSON: {e}") from None
     except RecursionError:
         # A megabyte of '[' is valid JSON nesting deeper than Python's parser goes.
@@ -230,6 +230,29 @@ def clone_url(value: Any, git: GitConfig) -> str:
         raise bad("Field 'clone_url' must name a repository, like https://github.com/owner/repo")
     del port  # only parsed to reject a malformed one
     return value
+
+
+def repository_of(url: str, field: str = "clone_url") -> tuple[str, str]:
+    """namespace/name a clone URL names: its last two path parts, without .git."""
+    parts = [p for p in urlsplit(url).path.split("/") if p]
+    if len(parts) < 2:
+        raise bad(f"Field {field!r}: cannot tell namespace/name from {url}")
+    name = parts[-1][:-4] if parts[-1].endswith(".git") else parts[-1]
+    return full_name(f"{parts[-2]}/{name}", field)
+
+
+def names_match(url: str, namespace: str, name: str) -> None:
+    """A hosted clone URL must be the repository the full_name says.
+
+    Otherwise the first to ask could bind somebody's package name to their own code.
+    file:// URLs (operators' local testing) are exempt.
+    """
+    if url.startswith("file://"):
+        return
+    owner, repository = repository_of(url)
+    if (owner.lower(), repository.lower()) != (namespace.lower(), name.lower()):
+        raise bad(f"Field 'clone_url' names {owner}/{repository}, not {namespace}/{name}: "
+                  "a package is built from its own repository")
 
 
 def same_repository(url_a: str, url_b: str) -> bool:

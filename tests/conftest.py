@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL, real git repositories of real Erlang projects,
 and the application built by create_app() on a test configuration.
 
-PostgreSQL: ENOT_BUILDER_TEST_DSN when set, else a private cluster made for this
+PostgreSQL: ENOT_TEST_DSN when set, else a private cluster made for this
 session with the server's own pgcluster module (so a bare machine needs nothing
 running). Tables are emptied between tests.
 """
@@ -42,7 +42,7 @@ def world_readable_tempdir(prefix: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
-    dsn = os.environ.get("ENOT_BUILDER_TEST_DSN")
+    dsn = os.environ.get("ENOT_TEST_DSN")
     if dsn:
         yield dsn
         return

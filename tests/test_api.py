@@ -84,12 +84,12 @@ async def test_get_downloads_newest_matching(client: TestClient, built: dict[str
 async def test_namespace_protection(client: TestClient, built: dict[str, Any],
                                     db_conn: Any) -> None:
     r = await client.post("/buildAsync", json={
-        "full_name": "ns1/lister", "clone_url": "https://github.com/someone/else",
+        "full_name": "ns1/lister", "clone_url": "https://github.com/ns1/lister",
         "versions": [{"ref": "1.0.0"}]})
     assert r.status == 409, await r.text()
     body = await r.json()
     assert body["result"] is False
-    assert built["url"] in body["response"] and "https://github.com/someone/else" in body["response"]
+    assert built["url"] in body["response"] and "https://github.com/ns1/lister" in body["response"]
     with db_conn.cursor() as cur:
         cur.execute("SELECT clone_url FROM repositories WHERE name = 'lister'")
         assert cur.fetchone()[0] == built["url"]
@@ -134,6 +134,8 @@ BAD_BUILD_REQUESTS = [
     (with_(clone_url="https://github.com/"), "must name a repository"),
     (with_(clone_url="-uhttps://github.com/a/b"), "starts with '-'"),
     (with_(clone_url=None), "'clone_url' must be a non-empty string"),
+    # Nobody may bind another owner's package name to their own repository.
+    (with_(clone_url="https://github.com/attacker/pkg"), "names attacker/pkg, not ns/pkg"),
     (b"[" * 100_000, "nests too deeply"),
     (with_(full_name="a/" + "b" * 101), "must be 'namespace/name'"),
     (with_(full_name="a/b.lock"), "must be 'namespace/name'"),

@@ -60,7 +60,8 @@ def newest(refs: list[dict[str, Any]]) -> str | None:
 
 def version_key(ref: str) -> tuple[Any, ...]:
     main, _, pre = re.sub(r"^[vV](?=\d)", "", ref).partition("-")
-    parts = tuple((1, int(p), "") if p.isdigit() else (0, 0, p) for p in re.split(r"[.+]", main))
+    parts = tuple((1, int(p), "") if p.isascii() and p.isdigit() else (0, 0, p)
+                  for p in re.split(r"[.+]", main))
     # A pre-release (1.0.0-rc1) comes before its release (1.0.0).
     return parts, pre == "", pre
 
