@@ -133,9 +133,10 @@ class BuildQueue:
             except Exception:
                 # Whatever went wrong, the worker lives on, and the build is not left
                 # running (if even this fails, the watchdog's turn comes).
-                log.exception("worker %s failed around build %s", worker, build["id"])
-                await self._write(lambda cur: store.finish_build(
-                    cur, str(build["id"]), worker=worker, succeeded=False,
+                build_id = str(build["id"])
+                log.exception("worker %s failed around build %s", worker, build_id)
+                await self._write(lambda cur, build_id=build_id: store.finish_build(
+                    cur, build_id, worker=worker, succeeded=False,
                     message="internal error of the build server; it has been logged"), tries=3)
                 self._announce()
 

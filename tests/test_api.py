@@ -109,6 +109,7 @@ BAD_BUILD_REQUESTS = [
     (b"{not json", "not valid JSON"),
     (b"", "body is empty"),
     (b"[1, 2]", "must be a JSON object"),
+    (b'{"n": 1' + b"1" * 5000 + b"}", "not valid JSON"),  # too long to convert to int
     (with_(full_name=None), "'full_name' must be a string"),
     (with_(full_name="justname"), "must be 'namespace/name'"),
     (with_(full_name="a/b/c"), "must be 'namespace/name'"),

@@ -85,3 +85,9 @@ def test_version_order() -> None:
     assert newest([{"ref": "1.0.0", "success_at": t}, {"ref": "1.0.0-rc2", "success_at": t},
                    {"ref": "0.99", "success_at": t}]) == "1.0.0"
     assert newest([]) is None
+
+
+def test_version_order_survives_non_ascii_digits() -> None:
+    # '²' is a digit to str.isdigit() but not to int(): a tag like 1.² must sort, not crash.
+    from enot_builder.api.badge import version_key
+    assert sorted(["1.²", "1.10", "1.9"], key=version_key)[-1] == "1.10"

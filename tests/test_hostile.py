@@ -333,6 +333,20 @@ async def test_package_symlink_to_a_server_file_is_refused(
         target.unlink()
 
 
+@pytest.mark.parametrize("link", ["/etc/passwd", "../../../outside"])
+async def test_package_with_a_link_inside_is_refused(client: TestClient, make_repo: Any,
+                                                     link: str) -> None:
+    # enot clients unpack packages with a bare extractall(): a link (or an absolute or
+    # ../ name) in a package would write outside it on every machine installing it.
+    url = make_repo("linky", projects.enot_project("linky", prebuild=[
+        f"mkdir -p priv && ln -s {link} priv/evil"]))
+    build, _ = await hostile_build(client, "linky", url)
+    assert build["status"] == "failed"
+    assert build["message"] == ("the package holds an unsafe entry 'priv/evil' (only plain "
+                                "files and directories inside it are allowed)")
+    assert (await client.get(f"/download/{build['id']}")).status == 404
+
+
 async def test_missing_bubblewrap_fails_builds_clearly(client: TestClient,
                                                        make_repo: Any) -> None:
     import dataclasses

@@ -166,3 +166,66 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_superseded_build_hands_its_requests_over(client: TestClient,
+                                                          db_conn: Any) -> None:
+    """Interrupted while an identical build was queued: the queued one takes over."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.keys import POOL
+
+    pool = client.server.app[POOL]
+    await client.server.app[QUEUE].stop(0)  # no worker may take these rows
+    async with cursor(pool) as cur:
+        repo = await store.bind_repository(cur, "tester", "twice",
+                                           "https://github.com/tester/twice", False)
+        first = (await store.enqueue_build(cur, repository_id=repo["id"], ref="1.0.0",
+                                           erl_version="25"))["id"]
+        request = await store.create_request(cur, "api", True)
+        await store.link_build(cur, request, first)
+        claimed = await store.claim_build(cur, "test:1/0")
+        assert str(claimed["id"]) == first
+        second = (await store.enqueue_build(cur, repository_id=repo["id"], ref="1.0.0",
+                                            erl_version="25"))["id"]
+        await store.requeue_build(cur, first, worker="test:1/0")
+        statuses = await store.build_statuses(cur, [first])
+    assert [(s["id"], s["status"]) for s in statuses] == [(second, "queued")]
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT status, superseded_by::text FROM builds WHERE id = %s", (first,))
+        assert cur.fetchone() == ("cancelled", second)
+        cur.execute("SELECT build_id::text FROM request_builds WHERE request_id = %s"
+                    " ORDER BY build_id = %s", (request, first))
+        assert {row[0] for row in cur.fetchall()} == {first, second}
+
+
+async def test_a_crash_around_a_build_fails_it_and_the_worker_goes_on(
+        make_client: Any, make_repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fault injected into our own code (a stand-in for a bug): the build must end
+    # failed with a clear message, and the same worker must take the next build.
+    client = await make_client(builds__workers=1)
+    from enot_builder.queue import BuildQueue
+
+    monkeypatch.setattr(BuildQueue, "_build", _crashing_build(BuildQueue._build))
+    url = make_repo("crashy", projects.enot_project("crashy"))
+    r = await client.post("/buildAsync", json={"full_name": "tester/crashy", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    first = (await r.json())["response"][0]["build_id"]
+    build = await wait_for_status(client, first, ("failed", "succeeded"))
+    assert build["message"] == "internal error of the build server; it has been logged"
+    url2 = make_repo("steady", projects.enot_project("steady"))
+    r = await client.post("/buildSync", json={"full_name": "tester/steady", "clone_url": url2,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+
+
+def _crashing_build(original: Any) -> Any:
+    """BuildQueue._build that raises the first time, before the build is recorded."""
+    state = {"crashed": False}
+
+    async def crashing(self: Any, build: Any) -> None:
+        if not state["crashed"]:
+            state["crashed"] = True
+            raise RuntimeError("injected fault")
+        await original(self, build)
+    return crashing
