@@ -9,8 +9,27 @@ VENV      := .venv
 ENOT_VENV := .venv-enot
 CONFIG    ?=
 SYSTEM_USER := enot-builder
-APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv
+# gcc and libc6-dev: enot compiles the C of packages with NIFs.
+APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv gcc libc6-dev make
 BENCH_APT_PACKAGES := nginx-light wrk curl
+
+# $(call apt_install,<packages>,<what for>): install the missing Debian packages with
+# apt-get as root; as anybody else print the exact command and stop.
+define apt_install
+	@missing=""; \
+	for pkg in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "Missing Debian packages$(2):$$missing"; \
+	    echo "Run as root: apt-get update && apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	  echo "Installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+endef
 
 .PHONY: help install system-deps test-deps run test bench bench-deps lint clean
 
@@ -22,19 +41,7 @@ install: system-deps $(VENV)/.installed $(ENOT_VENV)/.installed  ## install the 
 # Debian packages through apt-get, only when something is missing. As a normal
 # user we print the exact command instead of asking for a password.
 system-deps:  ## install missing Debian packages (git, Erlang, PostgreSQL, bubblewrap)
-	@missing=""; \
-	for pkg in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" -ne 0 ]; then \
-	    echo "Missing Debian packages:$$missing"; \
-	    echo "Run as root: apt-get update && apt-get install -y$$missing"; \
-	    exit 1; \
-	  fi; \
-	  echo "Installing:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	$(call apt_install,$(APT_PACKAGES),)
 	@if [ "$$(id -u)" -eq 0 ] && ! id -u $(SYSTEM_USER) >/dev/null 2>&1; then \
 	  echo "Creating system user $(SYSTEM_USER)"; \
 	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SYSTEM_USER); \
@@ -82,19 +89,7 @@ bench: install bench-deps  ## run the benchmark suite against a real server (abo
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 bench-deps:
-	@missing=""; \
-	for pkg in $(BENCH_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" -ne 0 ]; then \
-	    echo "Missing Debian packages for the bench:$$missing"; \
-	    echo "Run as root: apt-get update && apt-get install -y$$missing"; \
-	    exit 1; \
-	  fi; \
-	  echo "Installing:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	$(call apt_install,$(BENCH_APT_PACKAGES), for the bench)
 
 lint:  ## ruff over the package and tests
 	$(VENV)/bin/pip install -q ruff

@@ -50,11 +50,6 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
 
-_REASONS = {
-    404: "Not found: no such endpoint",
-    405: "Method not allowed",
-    413: "Request body too large",
-}
 
 
 # Where the pages for people live (api/pages.py); everything else is the JSON API.
@@ -121,4 +116,4 @@ def _http_message(request: web.Request, e: web.HTTPException) -> str:
             f"; use {allowed}" if allowed else "")
     if e.status == 404:
         return f"Not found: {request.path}"
-    return _REASONS.get(e.status, e.reason)
+    return e.reason

@@ -2,9 +2,8 @@
 
 Each app gets its own CollectorRegistry (not prometheus_client's global one), so that
 several apps in one process (the test suite) keep separate counts. Other modules
-record through the small API below: `metrics.of(app).record_build(...)`, or the
-module-level helpers that take the app (`record_mail(app, ok)`), so nobody needs to
-know the metric objects' names.
+record through the Metrics methods (the queue and the mailer hold the object; handlers
+use `metrics.record_download(app)`), so nobody needs to know the metric objects' names.
 """
 
 from __future__ import annotations
@@ -106,18 +105,8 @@ def of(app: web.Application) -> Metrics:
     return app[METRICS]
 
 
-def record_build(app: web.Application, outcome: Outcome, erl_version: str | None,
-                 seconds: float) -> None:
-    of(app).record_build(outcome, erl_version, seconds)
-
-
 def record_download(app: web.Application) -> None:
     of(app).record_download()
-
-
-def record_mail(app: web.Application, sent: bool) -> None:
-    """For the mailer: one call per build report, sent=False when SMTP failed."""
-    of(app).record_mail(sent)
 
 
 def route_label(request: web.Request) -> str:

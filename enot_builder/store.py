@@ -14,6 +14,9 @@ import aiopg
 
 Row = dict[str, Any]
 
+# A build in one of these states has ended.
+TERMINAL = ("succeeded", "failed", "cancelled")
+
 # A build as the worker and the handlers see it: the row plus its repository.
 _BUILD_COLUMNS = """
     b.id, b.repository_id, b.ref, b.erl_version, b.package_version_id, b.parent_id,

@@ -49,17 +49,6 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def string(body: dict[str, Any], field: str, required: bool = True) -> str | None:
-    value = body.get(field)
-    if value is None:
-        if required:
-            raise bad(f"Missing field {field!r}")
-        return None
-    if not isinstance(value, str):
-        raise bad(f"Field {field!r} must be a string")
-    return value
-
-
 def full_name(value: Any, field: str = "full_name") -> tuple[str, str]:
     if not isinstance(value, str):
         raise bad(f"Field {field!r} must be a string like 'namespace/name'")

@@ -13,8 +13,6 @@ from ..errors import ApiError, envelope, error_response
 from ..keys import CONFIG, POOL, QUEUE
 from ..submission import submit
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
 
 async def _parse(request: web.Request) -> BuildRequest:
     body = await validation.json_body(request)
@@ -38,7 +36,7 @@ async def build_sync(request: web.Request) -> web.Response:
     while True:
         async with cursor(request.app[POOL]) as cur:
             builds = await store.build_statuses(cur, ids)
-        if all(b["status"] in TERMINAL for b in builds):
+        if all(b["status"] in store.TERMINAL for b in builds):
             break
         await queue.wait_changed(timeout=1.0)
     results = [_result(b) for b in builds]

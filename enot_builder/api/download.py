@@ -13,7 +13,6 @@ from ..errors import ApiError
 from ..keys import BUILDER, POOL
 
 FOLLOW_POLL = 0.25
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def no_such_build(detail: str) -> web.Response:
@@ -75,7 +74,7 @@ async def build_log(request: web.Request) -> web.StreamResponse:
     if info is None:
         raise ApiError(404, f"No such build: {build_id}")
     path = Path(info["log_path"]) if info["log_path"] else None
-    if not follow or info["status"] in TERMINAL:
+    if not follow or info["status"] in store.TERMINAL:
         if path is None or not path.is_file():
             return web.Response(text=_placeholder(info), content_type="text/plain")
         return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
@@ -107,7 +106,7 @@ async def _follow(request: web.Request, build_id: str, info: dict) -> web.Stream
             said_queued = True
         if path is not None and path.is_file():
             offset = await _send_from(response, path, offset)
-        if info["status"] in TERMINAL:
+        if info["status"] in store.TERMINAL:
             if path is not None and path.is_file():
                 await _send_from(response, path, offset)
             break

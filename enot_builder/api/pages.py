@@ -26,7 +26,6 @@ from .badge import version_key
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATIC = Path(__file__).resolve().parent.parent / "static"
-TERMINAL = ("succeeded", "failed", "cancelled")
 RECENT = 20
 QUEUE_PAGE = 200
 SEARCH_PAGE = 100
@@ -40,7 +39,7 @@ def setup(app: web.Application) -> None:
     env.filters["when"] = when
     env.filters["size"] = size
     env.globals["duration"] = duration
-    env.globals["terminal"] = TERMINAL
+    env.globals["terminal"] = store.TERMINAL
 
 
 # --- formatting helpers for templates ---------------------------------------------
