@@ -66,9 +66,9 @@ async def test_two_apps_keep_separate_counts(aiohttp_client: Any, pg_dsn: str, d
                                              clean_db: None) -> None:
     one = await aiohttp_client(create_app(make_config(pg_dsn, data_dir)))
     two = await aiohttp_client(create_app(make_config(pg_dsn, data_dir)))
-    metrics.record_mail(one.server.app, sent=True)
-    metrics.record_mail(one.server.app, sent=False)
-    metrics.record_mail(one.server.app, sent=False)
+    metrics.of(one.server.app).record_mail(sent=True)
+    metrics.of(one.server.app).record_mail(sent=False)
+    metrics.of(one.server.app).record_mail(sent=False)
     first, second = await scrape(one), await scrape(two)
     assert value(first, "enot_builder_mails_sent_total") == 1
     assert value(first, "enot_builder_mails_failed_total") == 2

@@ -177,7 +177,7 @@ async def test_request_form_without_javascript(client: TestClient, make_repo: An
 
     # The name is now bound to that URL: another URL is refused, next to its field.
     r = await client.post("/ui/request", data={
-        "full_name": "tester/formed", "clone_url": "https://github.com/x/formed",
+        "full_name": "tester/formed", "clone_url": "https://github.com/tester/formed",
         "refs": "1.0.0"})
     text = await r.text()
     assert r.status == 409
