@@ -57,6 +57,17 @@ def pg_dsn() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_cluster() -> Iterator[pgcluster.Cluster]:
+    """A PostgreSQL cluster for one test alone, which it may stop and start at will."""
+    root = world_readable_tempdir("enot-builder-test-outage-")
+    cluster = pgcluster.for_config(root, "enot-builder")
+    cluster.ensure_started()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def db_conn(pg_dsn: str) -> Iterator[Any]:
     """A plain psycopg2 connection for tests to look at the tables directly."""
     conn = psycopg2.connect(pg_dsn)

@@ -17,7 +17,7 @@ from enot_builder.app import create_app
 from enot_builder.keys import QUEUE
 
 from . import projects
-from .conftest import wait_for_status, world_readable_tempdir
+from .conftest import wait_for_status
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -127,45 +127,40 @@ async def test_full_disk_leaves_no_half_written_artifact(make_client: Any, make_
 
 
 async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
-                                           make_repo: Any) -> None:
-    """A cluster of this test's own goes away while a build runs, and comes back."""
-    root = world_readable_tempdir("enot-builder-test-outage-")
-    cluster = pgcluster.for_config(root, "enot-builder")
-    cluster.ensure_started()
-    try:
-        config = config_module.Config()
-        config.database.dsn = cluster.dsn
-        config.storage.data_dir = str(data_dir)
-        config.git.allowed_schemes = ["https", "file"]
-        config.builds.workers = 1
-        client = await aiohttp_client(create_app(config))
-        url = make_repo("outlast", projects.enot_project("outlast", prebuild=["sleep 4"]))
-        r = await client.post("/buildAsync", json={"full_name": "tester/outlast",
-                                                   "clone_url": url,
-                                                   "versions": [{"ref": "1.0.0"}]})
-        build_id = (await r.json())["response"][0]["build_id"]
-        await wait_for_status(client, build_id, ("running",))
-        await asyncio.to_thread(cluster.stop)
-        r = await client.get("/last_builds")
-        assert r.status == 503
-        assert (await r.json())["response"] == "The database is unavailable; try again shortly"
-        await asyncio.sleep(5)  # the build ends while the database is away
-        await asyncio.to_thread(cluster.ensure_started)
-        build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=90)
-        assert build["status"] == "succeeded", build["message"]
-        # The workers took up claiming again by themselves.
-        second = make_repo("later", projects.enot_project("later"))
-        r = await client.post("/buildSync", json={"full_name": "tester/later", "clone_url": second,
-                                                  "versions": [{"ref": "1.0.0"}]})
-        body = await r.json()
-        log = ""
-        if r.status != 200:
-            log = await (await client.get("/build_log", params={
-                "build_id": body["builds"][0]["build_id"]})).text()
-        assert r.status == 200, log
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+                                           make_repo: Any,
+                                           own_cluster: pgcluster.Cluster) -> None:
+    """The test's own cluster goes away while a build runs, and comes back."""
+    cluster = own_cluster
+    config = config_module.Config()
+    config.database.dsn = cluster.dsn
+    config.storage.data_dir = str(data_dir)
+    config.git.allowed_schemes = ["https", "file"]
+    config.builds.workers = 1
+    client = await aiohttp_client(create_app(config))
+    url = make_repo("outlast", projects.enot_project("outlast", prebuild=["sleep 4"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/outlast",
+                                               "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, build_id, ("running",))
+    await asyncio.to_thread(cluster.stop)
+    r = await client.get("/last_builds")
+    assert r.status == 503
+    assert (await r.json())["response"] == "The database is unavailable; try again shortly"
+    await asyncio.sleep(5)  # the build ends while the database is away
+    await asyncio.to_thread(cluster.ensure_started)
+    build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=90)
+    assert build["status"] == "succeeded", build["message"]
+    # The workers took up claiming again by themselves.
+    second = make_repo("later", projects.enot_project("later"))
+    r = await client.post("/buildSync", json={"full_name": "tester/later", "clone_url": second,
+                                              "versions": [{"ref": "1.0.0"}]})
+    body = await r.json()
+    log = ""
+    if r.status != 200:
+        log = await (await client.get("/build_log", params={
+            "build_id": body["builds"][0]["build_id"]})).text()
+    assert r.status == 200, log
 
 
 async def test_a_superseded_build_hands_its_requests_over(client: TestClient,

@@ -173,33 +173,27 @@ async def test_health_lists_toolchain(two_releases: TestClient, otp24: Path) -> 
     assert releases["25"]["default"] is True
 
 
-async def test_health_is_503_while_the_database_is_down(aiohttp_client: Any,
-                                                        data_dir: Path) -> None:
-    """A PostgreSQL cluster of this test's own, stopped and started under the server."""
-    root = world_readable_tempdir("enot-builder-test-outage-")
-    cluster = pgcluster.for_config(root, "enot-builder")
+async def test_health_is_503_while_the_database_is_down(
+        aiohttp_client: Any, data_dir: Path, own_cluster: pgcluster.Cluster) -> None:
+    """The test's own cluster, stopped and started under the server."""
+    cluster = own_cluster
+    config = config_module.Config()
+    config.database.dsn = cluster.dsn
+    config.storage.data_dir = str(data_dir)
+    client = await aiohttp_client(create_app(config))
+    assert (await client.get("/health")).status == 200
+    cluster.stop()
+    r = await client.get("/health")
+    assert r.status == 503
+    body = await r.json()
+    assert body["result"] is False and body["response"]["database"]["status"] == "unavailable"
+    r = await client.get("/last_builds")
+    assert r.status == 503
+    assert await r.json() == {"result": False,
+                              "response": "The database is unavailable; try again shortly"}
     cluster.ensure_started()
-    try:
-        config = config_module.Config()
-        config.database.dsn = cluster.dsn
-        config.storage.data_dir = str(data_dir)
-        client = await aiohttp_client(create_app(config))
-        assert (await client.get("/health")).status == 200
-        cluster.stop()
-        r = await client.get("/health")
-        assert r.status == 503
-        body = await r.json()
-        assert body["result"] is False and body["response"]["database"]["status"] == "unavailable"
-        r = await client.get("/last_builds")
-        assert r.status == 503
-        assert await r.json() == {"result": False,
-                                  "response": "The database is unavailable; try again shortly"}
-        cluster.ensure_started()
-        for _ in range(50):
-            if (await client.get("/health")).status == 200:
-                break
-            await asyncio.sleep(0.2)
-        assert (await client.get("/last_builds")).status == 200
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    for _ in range(50):
+        if (await client.get("/health")).status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert (await client.get("/last_builds")).status == 200
