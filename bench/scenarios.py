@@ -238,11 +238,11 @@ class _CaptureCursor:
     """Stands in for an aiopg cursor to obtain the exact SQL a store function runs."""
 
     def __init__(self) -> None:
-        self.sql = ""
-        self.params: Any = None
+        self.statements: list[tuple[str, Any]] = []
+        self.connection = type("CaptureConnection", (), {})()
 
     async def execute(self, sql: str, params: Any = None) -> None:
-        self.sql, self.params = sql, params
+        self.statements.append((sql, params))
 
     async def fetchall(self) -> list[Any]:
         return []
@@ -264,10 +264,15 @@ def _explain(conn: Any) -> list[str]:
         capture = _CaptureCursor()
         asyncio.run(call(capture))
         with conn.cursor() as cur:
-            statement = cur.mogrify(capture.sql, capture.params).decode()
+            # The store prepares its hot statements (PREPARE, then EXECUTE): do the same.
+            *setup, (sql, params) = capture.statements
+            for setup_sql, setup_params in setup:
+                cur.execute(setup_sql, setup_params)
+            statement = cur.mogrify(sql, params).decode()
             for _ in range(3):  # the last one, on warm catalog caches like a pooled connection
                 cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement)
                 plan = cur.fetchone()[0][0]
+            cur.execute("DEALLOCATE ALL")
         lines.append(f"{label} SQL: planning {plan['Planning Time']:.3f} ms, execution "
                      f"{plan['Execution Time']:.3f} ms, shared buffer hits "
                      f"{plan['Plan'].get('Shared Hit Blocks')}")

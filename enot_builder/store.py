@@ -8,6 +8,7 @@ the answer, not the number of builds ever made.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Sequence
 
 import aiopg
@@ -49,6 +50,34 @@ _VERSION_FILTER = """
         WHERE (f.ref IS NULL OR f.ref = pv.ref)
           AND (f.erl_version IS NULL OR f.erl_version = pv.erl_version)))
 """
+
+
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+async def _execute_prepared(cur: aiopg.Cursor, name: str, sql: str,
+                            params: dict[str, Any]) -> None:
+    """Run a hot statement as a server-side prepared statement.
+
+    psycopg2 sends every query as text, so PostgreSQL plans it on every request, and
+    for the listings planning costs more than running. Each pooled connection
+    prepares a statement once (on first use) and then only executes it.
+    """
+    names = list(dict.fromkeys(_PARAMETER.findall(sql)))
+    prepared = _prepared_on(cur.connection)
+    if name not in prepared:
+        positional = _PARAMETER.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql)
+        await cur.execute(f"PREPARE {name} AS {positional}")
+        prepared.add(name)
+    placeholders = ", ".join(f"%({n})s" for n in names)
+    await cur.execute(f"EXECUTE {name} ({placeholders})", params)
+
+
+def _prepared_on(connection: Any) -> set[str]:
+    """The statements prepared on one connection (they live and die with it)."""
+    if not hasattr(connection, "_enot_prepared"):
+        connection._enot_prepared = set()
+    return connection._enot_prepared
 
 
 def _json_array(query: str) -> str:
@@ -305,8 +334,8 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
 async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version: str | None,
                  erl_version: str | None, limit: int) -> str:
     """The latest finished build of each matching version, newest first (a JSON array)."""
-    await cur.execute(
-        _json_array(f"""
+    await _execute_prepared(
+        cur, "search_v1", _json_array(f"""
         SELECT {_PACKAGE_BUILD_JSON} AS doc, b.finished_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
@@ -326,8 +355,8 @@ async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version
 
 async def last_builds(cur: aiopg.Cursor, n: int) -> str:
     """The n most recent successful package-builds, newest first (a JSON array)."""
-    await cur.execute(
-        _json_array(f"""
+    await _execute_prepared(
+        cur, "last_builds_v1", _json_array(f"""
         SELECT {_PACKAGE_BUILD_JSON} AS doc, pv.success_at AS sort_key
         FROM package_versions pv
         JOIN repositories r ON r.id = pv.repository_id
@@ -344,8 +373,8 @@ async def last_builds(cur: aiopg.Cursor, n: int) -> str:
 async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
                             versions: Sequence[dict[str, str]] | None) -> str:
     """/builds: the downloadable build of each matching version (a JSON array)."""
-    await cur.execute(
-        _json_array(f"""
+    await _execute_prepared(
+        cur, "successful_builds_v1", _json_array(f"""
         SELECT json_build_object(
             'build_id', b.id, 'result', true, 'message', b.message,
             'artifact_path', '/download/' || b.id, 'created_date', b.finished_at,
@@ -365,8 +394,8 @@ async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
 async def successful_versions(cur: aiopg.Cursor, namespace: str, name: str,
                               versions: Sequence[dict[str, str]] | None) -> str:
     """/versions: the (ref, Erlang release) pairs that can be downloaded (a JSON array)."""
-    await cur.execute(
-        _json_array(f"""
+    await _execute_prepared(
+        cur, "successful_versions_v1", _json_array(f"""
         SELECT json_build_object('versionId', pv.id, 'ref', pv.ref,
                                  'erl_version', pv.erl_version) AS doc,
                pv.success_at AS sort_key
@@ -383,8 +412,8 @@ async def successful_versions(cur: aiopg.Cursor, namespace: str, name: str,
 async def newest_artifact(cur: aiopg.Cursor, namespace: str, name: str,
                           versions: Sequence[dict[str, str]] | None) -> Row | None:
     """/get: the artifact of the newest successful build matching the filters."""
-    await cur.execute(
-        f"""
+    await _execute_prepared(
+        cur, "newest_artifact_v1", f"""
         SELECT b.id::text AS id, b.artifact_path, b.artifact_name, b.artifact_sha256,
                b.artifact_size
         FROM repositories r
@@ -400,7 +429,8 @@ async def newest_artifact(cur: aiopg.Cursor, namespace: str, name: str,
 
 
 async def artifact(cur: aiopg.Cursor, build_id: str) -> Row | None:
-    await cur.execute(
+    await _execute_prepared(
+        cur, "artifact_v1",
         "SELECT id::text AS id, status::text AS status, artifact_path, artifact_name,"
         " artifact_sha256, artifact_size FROM builds WHERE id = %(id)s",
         {"id": build_id},
