@@ -191,7 +191,7 @@ class Builder:
 
         # 3. enot.
         adapt_project(src, build["name"], build_log)
-        self._write_enot_config(work_dir, root, erl_version)
+        self._write_enot_config(work_dir, root, erl_version, has_dependencies(src))
         await asyncio.to_thread(self._hand_over, work_dir)
         build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
         argv = [str(self.toolchain.enot), "package", "-l", "info"]
@@ -314,22 +314,25 @@ class Builder:
             lines += [f'[url "{target}"]', f"\tinsteadOf = {prefix}"]
         (work_dir / "home" / ".gitconfig").write_text("\n".join(lines) + "\n")
 
-    def _write_enot_config(self, work_dir: Path, root: str, erl_version: str) -> None:
+    def _write_enot_config(self, work_dir: Path, root: str, erl_version: str,
+                           dependencies: bool) -> None:
         """enot's global config for this build: our cache, our compiler choice.
 
         "compiler": "enot" makes enot compile every project with erlc itself, so rebar
         and erlang.mk projects build too and enot never downloads rebar at build time.
+        This server is listed as a remote cache only when the package has dependencies
+        to fetch: enot starts an Erlang VM for every cache it configures.
         """
         conf_dir = work_dir / "home" / ".config" / "enot"
         conf_dir.mkdir(parents=True)
+        caches = [{"name": "local", "type": "local", "url": f"file://{root}/home/.cache/enot"}]
+        if dependencies:
+            caches.append({"name": "enot-builder", "type": "enot", "url": self.config.public_url})
         config = {
             "compiler": "enot",
             "temp_dir": "/tmp/enot",
             "default_erlang": erl_version,
-            "cache": [
-                {"name": "local", "type": "local", "url": f"file://{root}/home/.cache/enot"},
-                {"name": "enot-builder", "type": "enot", "url": self.config.public_url},
-            ],
+            "cache": caches,
         }
         (conf_dir / "global_config.json").write_text(json.dumps(config, indent=2))
 
@@ -510,6 +513,22 @@ def package_erlang_versions(src: Path) -> list[str]:
         if isinstance(item, str) and validation.ERL_VERSION.match(item) and item not in releases:
             releases.append(item)
     return releases
+
+
+def has_dependencies(src: Path) -> bool:
+    """Whether the package may have dependencies to fetch.
+
+    Only an enot_config.json with an empty (or no) `deps` list says no for sure;
+    rebar.config and erlang.mk projects are assumed to have some.
+    """
+    if not _is_regular(src / "enot_config.json"):
+        return True
+    raw = read_regular(src / "enot_config.json")
+    try:
+        config = json.loads(raw or b"")
+    except ValueError:
+        return True
+    return not isinstance(config, dict) or bool(config.get("deps"))
 
 
 def adapt_project(src: Path, repo_name: str, build_log: BuildLog) -> None:

@@ -176,6 +176,20 @@ async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str
         await asyncio.sleep(0.2)
 
 
+async def one_running_one_queued(client: TestClient, make_repo: Callable[..., str],
+                                 seconds: int = 3) -> tuple[str, str]:
+    """On a one-worker server: a build kept running `seconds`, and one queued behind it."""
+    slow = make_repo("slow", projects.enot_project("slow", prebuild=[f"sleep {seconds}"]))
+    fast = make_repo("fast", projects.enot_project("fast"))
+    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
+                                               "versions": [{"ref": "1.0.0"}]})
+    slow_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, slow_id, ("running",))
+    r = await client.post("/buildAsync", json={"full_name": "tester/fast", "clone_url": fast,
+                                               "versions": [{"ref": "1.0.0"}]})
+    return slow_id, (await r.json())["response"][0]["build_id"]
+
+
 def running_processes(pattern: str) -> list[str]:
     """Command lines of live processes containing `pattern` (for leak checks)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout

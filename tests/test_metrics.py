@@ -11,7 +11,7 @@ from enot_builder import metrics
 from enot_builder.app import create_app
 
 from . import projects
-from .conftest import make_config, wait_for_status
+from .conftest import make_config, one_running_one_queued, wait_for_status
 
 
 async def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -114,15 +114,7 @@ async def test_real_builds_move_the_metrics(client: TestClient, make_repo: Any) 
 
 async def test_queue_depth_and_running_builds(make_client: Any, make_repo: Any) -> None:
     client = await make_client(builds__workers=1)
-    slow = make_repo("slow", projects.enot_project("slow", prebuild=["sleep 3"]))
-    fast = make_repo("fast", projects.enot_project("fast"))
-    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
-                                               "versions": [{"ref": "1.0.0"}]})
-    slow_id = (await r.json())["response"][0]["build_id"]
-    await wait_for_status(client, slow_id, ("running",))
-    r = await client.post("/buildAsync", json={"full_name": "tester/fast", "clone_url": fast,
-                                               "versions": [{"ref": "1.0.0"}]})
-    fast_id = (await r.json())["response"][0]["build_id"]
+    slow_id, fast_id = await one_running_one_queued(client, make_repo)
     samples = await scrape(client)
     assert value(samples, "enot_builder_queue_depth", status="queued") == 1
     assert value(samples, "enot_builder_queue_depth", status="running") == 1

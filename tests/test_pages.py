@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from enot_builder.app import create_app
 
 from . import projects
-from .conftest import make_config, wait_for_status
+from .conftest import make_config, one_running_one_queued, wait_for_status
 
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
@@ -109,15 +109,7 @@ async def test_search_lists_exact_matches_before_partial_ones(client: TestClient
 
 async def test_queue_and_queued_build_pages(make_client: Any, make_repo: Any) -> None:
     client = await make_client(builds__workers=1)
-    slow = make_repo("slow", projects.enot_project("slow", prebuild=["sleep 4"]))
-    fast = make_repo("fast", projects.enot_project("fast"))
-    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
-                                               "versions": [{"ref": "1.0.0"}]})
-    slow_id = (await r.json())["response"][0]["build_id"]
-    await wait_for_status(client, slow_id, ("running",))
-    r = await client.post("/buildAsync", json={"full_name": "tester/fast", "clone_url": fast,
-                                               "versions": [{"ref": "1.0.0"}]})
-    fast_id = (await r.json())["response"][0]["build_id"]
+    slow_id, fast_id = await one_running_one_queued(client, make_repo, seconds=4)
 
     text = await page(client, "/ui/queue")
     running, queued = text.split("<h2>Queued</h2>")
