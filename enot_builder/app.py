@@ -15,6 +15,7 @@ from aiohttp import web
 from . import db, pgcluster, toolchains
 from .api import pages
 from .builder import Builder
+from .cache_socket import cache_socket
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
@@ -37,6 +38,7 @@ def create_app(config: Config) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
+    app.cleanup_ctx.append(cache_socket)
     app.cleanup_ctx.append(mailer)
     app.cleanup_ctx.append(build_queue)
     app.on_shutdown.append(refuse_new_builds)

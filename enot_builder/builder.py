@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
-from . import process, validation
+from . import cache_relay, process, validation
 from .buildlog import BuildLog
 from .config import Config
 from .sandbox import Sandbox, SandboxError
@@ -35,6 +35,11 @@ from .toolchains import Toolchain
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1024 * 1024
+# Inside a sandbox without network: start the relay to the cache socket, wait (up to
+# 5 s) until it listens, then become enot ("$0" is the label, "$@" enot's command).
+RELAY_THEN_EXEC = ('python3 "$HOME/cache_relay.py" & i=0; '
+                   f'while [ ! -e {cache_relay.READY} ] && [ $i -lt 100 ]; do sleep 0.05; '
+                   'i=$((i+1)); done; exec "$@"')
 # Direct dependencies of one package that we queue builds for: a bound on what one
 # package can make this server do.
 MAX_DEPENDENCIES = 100
@@ -92,6 +97,9 @@ class Builder:
         self.toolchain = toolchain
         self.sandbox = sandbox
         self.data_dir = config.data_dir
+        # The server's cache on a Unix socket (cache_socket.py), for builds without
+        # network; set when the server runs it.
+        self.cache_socket: Path | None = None
 
     @property
     def artifacts_dir(self) -> Path:
@@ -191,14 +199,26 @@ class Builder:
 
         # 3. enot.
         adapt_project(src, build["name"], build_log)
-        self._write_enot_config(work_dir, root, erl_version, has_dependencies(src))
+        dependencies = has_dependencies(src)
+        # Without network the cache is reached through a relay to the server's socket.
+        relay = (dependencies and not self.config.builds.network
+                 and self.cache_socket is not None and self.sandbox.isolated)
+        cache_url = f"http://127.0.0.1:{cache_relay.PORT}" if relay else self.config.public_url
+        self._write_enot_config(work_dir, root, erl_version, cache_url if dependencies else None)
+        argv = [str(self.toolchain.enot), "package", "-l", "info"]
+        sockets: tuple[tuple[Path, str], ...] = ()
+        if relay:
+            assert self.cache_socket is not None
+            shutil.copyfile(cache_relay.__file__, work_dir / "home" / "cache_relay.py")
+            sockets = ((self.cache_socket, cache_relay.SOCKET),)
+            argv = ["sh", "-c", RELAY_THEN_EXEC, "enot-with-cache-relay", *argv]
         await asyncio.to_thread(self._hand_over, work_dir)
         build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
-        argv = [str(self.toolchain.enot), "package", "-l", "info"]
         env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
         step = await process.run(
             self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
-                                 erlang=erlang, read_only=self._local_sources()),
+                                 erlang=erlang, read_only=self._local_sources(),
+                                 sockets=sockets),
             build_log, deadline - time.monotonic())
         check_log_full(step, build_log)
         if step.timed_out:
@@ -315,19 +335,19 @@ class Builder:
         (work_dir / "home" / ".gitconfig").write_text("\n".join(lines) + "\n")
 
     def _write_enot_config(self, work_dir: Path, root: str, erl_version: str,
-                           dependencies: bool) -> None:
+                           cache_url: str | None) -> None:
         """enot's global config for this build: our cache, our compiler choice.
 
         "compiler": "enot" makes enot compile every project with erlc itself, so rebar
         and erlang.mk projects build too and enot never downloads rebar at build time.
-        This server is listed as a remote cache only when the package has dependencies
-        to fetch: enot starts an Erlang VM for every cache it configures.
+        This server is listed as a remote cache (at `cache_url`) only when the package
+        has dependencies to fetch: enot starts an Erlang VM for every cache it configures.
         """
         conf_dir = work_dir / "home" / ".config" / "enot"
         conf_dir.mkdir(parents=True)
         caches = [{"name": "local", "type": "local", "url": f"file://{root}/home/.cache/enot"}]
-        if dependencies:
-            caches.append({"name": "enot-builder", "type": "enot", "url": self.config.public_url})
+        if cache_url is not None:
+            caches.append({"name": "enot-builder", "type": "enot", "url": cache_url})
         config = {
             "compiler": "enot",
             "temp_dir": "/tmp/enot",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiopg
 from aiohttp import web
 
@@ -21,4 +23,5 @@ QUEUE = web.AppKey("queue", BuildQueue)
 MAILER = web.AppKey("mailer", Mailer)
 ERTS = web.AppKey("erts", ErtsCache)
 TOOL_VERSIONS = web.AppKey("tool_versions", dict)
+CACHE_SOCKET = web.AppKey("cache_socket", Path)
 METRICS = web.AppKey("metrics", Metrics)

@@ -114,7 +114,8 @@ class Sandbox:
 
     def command(self, argv: list[str], *, work_dir: Path, cwd: str, env: dict[str, str],
                 erlang: ErlangInstallation | None = None, network: bool | None = None,
-                read_only: tuple[Path, ...] = ()) -> list[str]:
+                read_only: tuple[Path, ...] = (),
+                sockets: tuple[tuple[Path, str], ...] = ()) -> list[str]:
         """The full command line that runs `argv` for one build step."""
         if network is None:
             network = self.config.network
@@ -164,6 +165,9 @@ class Sandbox:
             if extra.exists():
                 self._check_exposure(extra)
                 bwrap += ["--ro-bind", str(extra), str(extra)]
+        for socket_path, inside in sockets:  # Unix sockets a step may connect to
+            self._check_exposure(socket_path)
+            bwrap += ["--ro-bind", str(socket_path), inside]
         self._check_exposure(work_dir, own=True)
         bwrap += ["--bind", str(work_dir), SANDBOX_ROOT]
         # bwrap's root and /dev are tmpfs mounts the build could fill: read-only once

@@ -101,3 +101,27 @@ async def test_dependency_outside_the_allow_list_is_not_built(
     assert r.status == 200, await r.text()
     builds = await settle(client, db_conn, 2)
     assert sorted(builds) == ["host", "lonely"]
+
+
+async def test_without_network_dependencies_come_from_the_server(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    # builds.network off: the sandbox has only its own loopback. The dependency is on
+    # the server already, and reaches the build through the cache socket and relay.
+    make_repo("tester/offleaf", projects.enot_project("offleaf"))
+    make_repo("tester/offtop", projects.enot_project(
+        "offtop", deps=[dep("offleaf")], body="hi() -> offleaf:hi()."))
+    client = await make_client(git__rewrites={"https://github.com/": f"file://{repos_dir}/"},
+                               builds__network=False)
+    r = await client.post("/buildSync", json={"full_name": "tester/offleaf",
+                                              "clone_url": "https://github.com/tester/offleaf",
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    r = await client.post("/buildSync", json={"full_name": "tester/offtop",
+                                              "clone_url": "https://github.com/tester/offtop",
+                                              "versions": [{"ref": "1.0.0"}]})
+    body = await r.json()
+    build_id = (body.get("builds") or body["response"])[0]["build_id"]
+    log = await (await client.get("/build_log", params={"build_id": build_id})).text()
+    assert r.status == 200, log
+    assert "Extract /tmp/enot/offleaf.ep" in log
+    assert "fetch /tmp/enot/offleaf" not in log  # not cloned: there is no network
