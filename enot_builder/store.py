@@ -558,30 +558,11 @@ _POSITION = """
 """
 
 
-async def queue_listing(cur: aiopg.Cursor, limit: int) -> list[Any]:
-    """Running builds, then queued ones in the order they will run."""
-    await cur.execute(
-        f"""
-        SELECT json_build_object(
-            'build_id', b.id, 'full_name', r.namespace || '/' || r.name, 'ref', b.ref,
-            'erl_version', b.erl_version, 'status', b.status, 'priority', b.priority,
-            'requested_by', b.requested_by, 'created_at', b.created_at,
-            'started_at', b.started_at, 'position', {_POSITION}) AS doc
-        FROM builds b JOIN repositories r ON r.id = b.repository_id
-        WHERE b.status IN ('running', 'queued')
-        ORDER BY b.status = 'queued', b.priority DESC, coalesce(b.started_at, b.created_at)
-        LIMIT %(limit)s
-        """,
-        {"limit": limit},
-    )
-    return [row["doc"] for row in await cur.fetchall()]
-
-
 async def queue_rows(cur: aiopg.Cursor, limit: int) -> list[Row]:
-    """The same order as queue_listing, as rows for the queue page."""
+    """Running builds, then queued ones in the order they will run, with positions."""
     await cur.execute(
         f"""
-        SELECT {_BUILD_SUMMARY}, b.worker
+        SELECT {_BUILD_SUMMARY}, b.worker, {_POSITION} AS position
         FROM builds b JOIN repositories r ON r.id = b.repository_id
         WHERE b.status IN ('queued', 'running')
         ORDER BY b.status = 'queued', b.priority DESC, coalesce(b.started_at, b.created_at)
