@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 from . import cache_relay, process, validation
 from .buildlog import BuildLog
 from .config import Config
+from .files import publish
 from .sandbox import Sandbox, SandboxError
 from .toolchains import Toolchain
 
@@ -400,8 +401,7 @@ class Builder:
                     out.flush()
                     os.fsync(out.fileno())
             digest, size = sha256_file(temporary)
-            os.replace(temporary, target)
-            _fsync_dir(target_dir)
+            publish(temporary, target)
         except BaseException:
             # A full disk or a bad package: nothing half-written stays behind, and only a
             # renamed, fsynced file is ever recorded (and so served).
@@ -493,14 +493,6 @@ def _scan(directory: Path) -> list[os.DirEntry[str]]:
                     or entry.is_symlink()]
     except OSError:
         return []
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_regular(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes | None:

@@ -11,6 +11,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from .files import publish
 from .toolchains import ErlangInstallation, erts_directory
 
 
@@ -42,9 +43,4 @@ def _write_tarball(source: Path, target: Path) -> None:
             tar.add(source, arcname=source.name)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(temporary, target)
-    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    publish(temporary, target)
