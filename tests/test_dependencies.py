@@ -182,3 +182,38 @@ async def test_pins_at_foreign_urls_bind_nothing_an_owner_cannot_take_back(
     r = await client.post("/builds", json={"full_name": "victim/lib2"})
     assert r.status == 200, await r.text()
     assert [b["build_id"] for b in (await r.json())["response"]] == [owners]
+
+
+async def test_a_dependency_scan_binds_only_unbound_names(client: TestClient,
+                                                          db_conn: Any) -> None:
+    """queue_dependencies on its own, against the real database, with no worker running."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.dependencies import queue_dependencies
+    from enot_builder.keys import CONFIG, POOL, QUEUE
+
+    app = client.server.app
+    await app[QUEUE].stop(0)  # the queued builds stay rows
+    async with cursor(app[POOL]) as cur:
+        await store.bind_repository(cur, "victim", "owned", "https://github.com/victim/owned",
+                                    "github.com", "request")
+    parent = {"namespace": "tester", "name": "pinner", "ref": "1.0.0", "erl_version": "25"}
+
+    async def scan(*pins: tuple[str, str]) -> list[str]:
+        return await queue_dependencies(app[POOL], app[CONFIG], parent, list(pins))
+
+    def bindings() -> dict[str, tuple[str, str]]:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT namespace || '/' || name, clone_url, bound_by FROM repositories")
+            return {row[0]: row[1:] for row in cur.fetchall()}
+
+    assert await scan(("https://github.com/attacker/victim/squat", "1.0.0"),
+                      ("https://gitlab.com/attacker-group/victim/squat", "1.0.0"),
+                      ("https://gitlab.com/victim/owned", "1.0.0")) == []
+    assert len(await scan(("https://gitlab.com/victim/free", "1.0.0"))) == 1
+    # Another scan may not move the provisional binding either (a new tag, so that
+    # "already pending" does not stop it first).
+    assert await scan(("https://bitbucket.org/victim/free", "2.0.0")) == []
+    assert bindings() == {
+        "victim/owned": ("https://github.com/victim/owned", "request"),
+        "victim/free": ("https://gitlab.com/victim/free", "dependency")}
