@@ -132,17 +132,18 @@ async def test_pins_at_foreign_urls_bind_nothing_an_owner_cannot_take_back(
     """A package's pins name URLs its author chose, not the dependencies' owners.
 
     Owner "victim" has lib2 and lib3 on GitHub; someone's package pins lib1 at a path
-    that ends in victim/lib1, and lib2 and lib3 at a GitLab group also named victim.
+    that ends in victim/lib1, and lib2 and lib3 at a GitLab group also named victim
+    (its lib2 at a tag the owner never made).
     """
     make_repo("victim/lib2", projects.enot_project("lib2"))
     make_repo("victim/lib3", projects.enot_project("lib3"))
     make_repo("attacker/victim/lib1", projects.enot_project("lib1"))
-    make_repo("gitlab/victim/lib2", projects.enot_project("lib2"))
+    make_repo("gitlab/victim/lib2", projects.enot_project("lib2", vsn="9.9.9"), tag="9.9.9")
     make_repo("gitlab/victim/lib3", projects.enot_project("lib3", vsn="2.0.0"), tag="2.0.0")
     make_repo("tester/greedy", projects.enot_project("greedy", deps=[
         {"name": "lib1", "url": "https://github.com/attacker/victim/lib1", "tag": "1.0.0"},
         {"name": "lib3", "url": "https://gitlab.com/victim/lib3", "tag": "2.0.0"},
-        {"name": "lib2", "url": "https://gitlab.com/victim/lib2", "tag": "1.0.0"}]))
+        {"name": "lib2", "url": "https://gitlab.com/victim/lib2", "tag": "9.9.9"}]))
     client = await make_client(git__rewrites={
         "https://github.com/": f"file://{repos_dir}/",
         "https://gitlab.com/": f"file://{repos_dir}/gitlab/"})

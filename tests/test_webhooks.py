@@ -148,6 +148,12 @@ async def test_bad_signatures_queue_nothing(hooked: TestClient, make_client: Any
     r = await hooked.post("/callback", data=raw + b" ", headers=headers)  # body changed
     assert r.status == 401
 
+    # No signature header: refused before the body is even decoded.
+    r = await hooked.post("/callback", data=b"not json",
+                          headers={"X-GitHub-Event": "create"})
+    assert r.status == 401
+    assert "Unsigned webhook" in (await r.json())["response"]
+
     no_secret = await make_client()
     raw, headers = signed(tag_created("tester/x"), "create")
     r = await no_secret.post("/callback", data=raw, headers=headers)
