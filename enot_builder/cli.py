@@ -1,4 +1,4 @@
-"""enot-builder serve | migrate | check."""
+"""enot-builder serve | migrate | check | webhook-secret OWNER/REPO."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import sys
 
 from aiohttp import web
 
-from . import __version__, db, pgcluster, toolchains
+from . import __version__, db, github, pgcluster, toolchains, validation
 from . import config as config_module
 from .app import create_app
+from .errors import ApiError
 from .sandbox import Sandbox
 
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
                             ("check", "show the toolchain found; fail if a part is missing")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    secret = commands.add_parser("webhook-secret",
+                                 help="print the webhook secret of one GitHub repository")
+    secret.add_argument("repository", metavar="OWNER/REPO")
+    secret.add_argument("--config", metavar="FILE", help="TOML configuration file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -32,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except config_module.ConfigError as e:
         print(f"enot-builder: configuration error: {e}", file=sys.stderr)
         return 2
+    if args.command == "webhook-secret":
+        return webhook_secret(config, args.repository)
     try:
         return {"serve": serve, "migrate": migrate, "check": check}[args.command](config)
     except (db.SchemaError, pgcluster.ClusterError) as e:
@@ -67,6 +74,21 @@ def migrate(config: config_module.Config) -> int:
     applied = asyncio.run(run())
     print(f"applied migrations: {', '.join(map(str, applied))}" if applied
           else "database schema is up to date")
+    return 0
+
+
+def webhook_secret(config: config_module.Config, repository: str) -> int:
+    """The secret the owner of `repository` puts in its GitHub webhook."""
+    if not config.github.webhook_secret:
+        print("enot-builder: github.webhook_secret (or GIT_SECRET) is not configured: "
+              "webhooks are off", file=sys.stderr)
+        return 2
+    try:
+        validation.full_name(repository, "OWNER/REPO")
+    except ApiError as e:
+        print(f"enot-builder: {e.message}", file=sys.stderr)
+        return 2
+    print(github.repository_secret(config.github.webhook_secret, repository))
     return 0
 
 

@@ -98,8 +98,9 @@ class GitConfig:
 
 @dataclass
 class GithubConfig:
-    # Shared secret of the webhooks (HMAC of the body); the environment variable
-    # GIT_SECRET is accepted too. Empty refuses every webhook.
+    # The key each repository's webhook secret is derived from (github.repository_secret);
+    # it verifies no delivery itself. GIT_SECRET in the environment is accepted too.
+    # Empty refuses every webhook.
     webhook_secret: str = ""
 
 

@@ -4,6 +4,9 @@ After a successful build, each direct dependency pinned to a tag that has no
 successful (or pending) build here for the same Erlang release is queued below the
 requests of people. When that one succeeds, its own dependencies follow, and so on;
 a diamond or a cycle meets a version already built or pending and stops there.
+
+A pin names a URL that the package's author chose, not the dependency's owner: it may
+bind only a name nobody has bound, and only provisionally (build_requests).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import aiopg
 import psycopg2
 
 from . import store, validation
-from .build_requests import PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
+from .build_requests import BY_DEPENDENCY, PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
 from .config import Config
 from .db import cursor
 from .errors import ApiError
@@ -46,8 +49,8 @@ async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, 
                         namespace, name, clone_url,
                         [validation.VersionRequest(ref, erl_version)],
                         notify_email=False, requested_by=f"dependency of {parent}",
-                        priority=PRIORITY_DEPENDENCY))
-        except ApiError as e:  # bound to another clone URL: not ours to build
+                        priority=PRIORITY_DEPENDENCY, bound_by=BY_DEPENDENCY))
+        except ApiError as e:  # bound to another repository: not ours to build or rebind
             log.info("dependency %s/%s of %s skipped: %s", namespace, name, parent, e.message)
             continue
         except psycopg2.Error as e:

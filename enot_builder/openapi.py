@@ -178,7 +178,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "GitHub webhook: a new tag (create, push of refs/tags/*, published release) "
                    "is built",
         "description": "Signed with X-Hub-Signature-256 (or X-Hub-Signature) over the raw "
-                       "body; X-GitHub-Event names the event, X-GitHub-Delivery de-duplicates.",
+                       "body with the secret of the repository it names "
+                       "(`enot-builder webhook-secret OWNER/REPO`); X-GitHub-Event names the "
+                       "event; X-GitHub-Delivery and the body's sha256 de-duplicate.",
         "parameters": [
             {"name": "X-GitHub-Event", "in": "header", "schema": STRING},
             {"name": "X-GitHub-Delivery", "in": "header", "schema": STRING},
@@ -186,7 +188,8 @@ PATHS: dict[str, dict[str, Any]] = {
             {"name": "X-Hub-Signature", "in": "header", "schema": STRING}],
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": {"type": "object"}}}},
-        "responses": {"200": _ok({}, "ping answered, or a redelivery (nothing queued again)"),
+        "responses": {"200": _ok({}, "ping answered, or a delivery seen before (nothing "
+                                     "queued again)"),
                       "202": _ok({}, "The tag's build queued, or the event ignored (with why)"),
                       "400": BAD, "401": _error("Unauthorized"), "403": _error("Forbidden"),
                       "409": _error("Conflict"), "413": TOO_LARGE,

@@ -96,34 +96,65 @@ def _filters(versions: Sequence[dict[str, str]] | None) -> str | None:
 
 # --- repositories -----------------------------------------------------------------
 
-async def bind_repository(cur: aiopg.Cursor, namespace: str, name: str, clone_url: str,
-                          authoritative: bool) -> Row:
-    """Create the repository, or return the existing one.
+_REPOSITORY_COLUMNS = "id, namespace, name, clone_url, host, bound_by, github_id"
 
-    An authoritative caller (a verified webhook) rebinds the clone URL; anybody else
-    gets the row as it is and must compare the URL themselves.
+
+async def bind_repository(cur: aiopg.Cursor, namespace: str, name: str, clone_url: str,
+                          host: str, bound_by: str, github_id: int | None = None) -> Row:
+    """Bind an unbound name, or return the binding there is, locked for the transaction.
+
+    Whether an existing binding may change is the caller's decision (build_requests);
+    the row lock keeps two requests from deciding on the same binding at once.
     """
     await cur.execute(
-        """
-        INSERT INTO repositories (namespace, name, clone_url)
-        VALUES (%(namespace)s, %(name)s, %(clone_url)s)
-        ON CONFLICT (namespace, name) DO UPDATE
-            SET clone_url = CASE WHEN %(authoritative)s THEN EXCLUDED.clone_url
-                                 ELSE repositories.clone_url END,
-                updated_at = CASE WHEN %(authoritative)s
-                                   AND repositories.clone_url <> EXCLUDED.clone_url
-                                  THEN now() ELSE repositories.updated_at END
-        RETURNING id, namespace, name, clone_url
+        f"""
+        INSERT INTO repositories (namespace, name, clone_url, host, bound_by, github_id)
+        VALUES (%(namespace)s, %(name)s, %(clone_url)s, %(host)s, %(bound_by)s, %(github_id)s)
+        ON CONFLICT (namespace, name) DO NOTHING
+        RETURNING {_REPOSITORY_COLUMNS}
         """,
-        {"namespace": namespace, "name": name, "clone_url": clone_url,
-         "authoritative": authoritative},
+        {"namespace": namespace, "name": name, "clone_url": clone_url, "host": host,
+         "bound_by": bound_by, "github_id": github_id},
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        return row
+    await cur.execute(
+        f"SELECT {_REPOSITORY_COLUMNS} FROM repositories"
+        " WHERE namespace = %(namespace)s AND name = %(name)s FOR UPDATE",
+        {"namespace": namespace, "name": name},
+    )
+    return await cur.fetchone()
+
+
+async def rebind_repository(cur: aiopg.Cursor, repository_id: int, *, clone_url: str,
+                            host: str, bound_by: str, github_id: int | None,
+                            new_source: bool) -> Row:
+    """Change a binding. With new_source (another host or path), the versions built
+    from the old source stop being this package's: their builds stay, unlisted."""
+    if new_source:
+        await cur.execute(
+            "UPDATE builds SET package_version_id = NULL WHERE repository_id = %(id)s"
+            " AND package_version_id IS NOT NULL", {"id": repository_id})
+        await cur.execute("DELETE FROM package_versions WHERE repository_id = %(id)s",
+                          {"id": repository_id})
+    await cur.execute(
+        f"""
+        UPDATE repositories SET clone_url = %(clone_url)s, host = %(host)s,
+               bound_by = %(bound_by)s, github_id = coalesce(%(github_id)s, github_id),
+               updated_at = now()
+        WHERE id = %(id)s
+        RETURNING {_REPOSITORY_COLUMNS}
+        """,
+        {"id": repository_id, "clone_url": clone_url, "host": host, "bound_by": bound_by,
+         "github_id": github_id},
     )
     return await cur.fetchone()
 
 
 async def find_repository(cur: aiopg.Cursor, namespace: str, name: str) -> Row | None:
     await cur.execute(
-        "SELECT id, namespace, name, clone_url FROM repositories"
+        f"SELECT {_REPOSITORY_COLUMNS} FROM repositories"
         " WHERE namespace = %(namespace)s AND name = %(name)s",
         {"namespace": namespace, "name": name},
     )
@@ -478,12 +509,13 @@ async def link_split_build(cur: aiopg.Cursor, parent_id: str, child_id: str) -> 
     )
 
 
-async def record_delivery(cur: aiopg.Cursor, delivery_id: str, event: str) -> bool:
-    """Remember a webhook delivery; False when it was seen before."""
+async def record_delivery(cur: aiopg.Cursor, delivery_id: str | None, event: str,
+                          body_sha256: str) -> bool:
+    """Remember a webhook delivery; False when its id or its body was seen before."""
     await cur.execute(
-        "INSERT INTO webhook_deliveries (delivery_id, event) VALUES (%(id)s, %(event)s)"
-        " ON CONFLICT DO NOTHING",
-        {"id": delivery_id, "event": event},
+        "INSERT INTO webhook_deliveries (delivery_id, event, body_sha256)"
+        " VALUES (%(id)s, %(event)s, %(sha)s) ON CONFLICT DO NOTHING",
+        {"id": delivery_id, "event": event, "sha": body_sha256},
     )
     return cur.rowcount == 1
 

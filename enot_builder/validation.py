@@ -214,20 +214,40 @@ def clone_url(value: Any, git: GitConfig) -> str:
     if host not in [h.lower() for h in git.allowed_hosts]:
         raise bad(f"Field 'clone_url': host {host or '(none)'!r} is not allowed "
                   f"(allowed: {', '.join(git.allowed_hosts)})")
-    path_parts = [p for p in parts.path.split("/") if p]
-    if len(path_parts) < 2 or any(p in (".", "..") for p in path_parts):
-        raise bad("Field 'clone_url' must name a repository, like https://github.com/owner/repo")
     del port  # only parsed to reject a malformed one
+    if _owner_and_repository(parts.path) is None:
+        # Exactly two segments: a longer path (a GitLab subgroup, a fork's path that
+        # ends in someone else's owner/name) names a package that is not its owner's.
+        raise bad("Field 'clone_url' must name a repository exactly, like "
+                  f"https://{host}/owner/repo (optionally .git or a trailing /), "
+                  f"got path {_shorten(parts.path or '/')!r}")
     return value
 
 
+def _owner_and_repository(path: str) -> tuple[str, str] | None:
+    """owner, repo of a URL path that is exactly /owner/repo[.git][/], else None."""
+    if path.endswith("/"):
+        path = path[:-1]
+    if path.endswith(".git"):
+        path = path[:-4]
+    parts = path.split("/")
+    if len(parts) != 3 or parts[0] or not all(_name_part(p) for p in parts[1:]):
+        return None
+    return parts[1], parts[2]
+
+
+def host_of(url: str) -> str:
+    """The host a clone URL names, lowercased; '' for a file:// URL (this machine)."""
+    return (urlsplit(url).hostname or "").lower()
+
+
 def repository_of(url: str, field: str = "clone_url") -> tuple[str, str]:
-    """namespace/name a clone URL names: its last two path parts, without .git."""
-    parts = [p for p in urlsplit(url).path.split("/") if p]
-    if len(parts) < 2:
-        raise bad(f"Field {field!r}: cannot tell namespace/name from {url}")
-    name = parts[-1][:-4] if parts[-1].endswith(".git") else parts[-1]
-    return full_name(f"{parts[-2]}/{name}", field)
+    """namespace/name a hosted clone URL names: its path, exactly /owner/repo[.git]."""
+    names = _owner_and_repository(urlsplit(url).path)
+    if names is None:
+        raise bad(f"Field {field!r}: {_shorten(url)} does not name a repository as "
+                  "https://host/owner/repo")
+    return names
 
 
 def names_match(url: str, namespace: str, name: str) -> None:
@@ -245,16 +265,22 @@ def names_match(url: str, namespace: str, name: str) -> None:
 
 
 def same_repository(url_a: str, url_b: str) -> bool:
-    """Two clone URLs name the same repository (ignoring .git, a trailing / and case of host)."""
-    return _canonical(url_a) == _canonical(url_b)
+    """Two clone URLs name the same repository: the same host and path.
+
+    Scheme, port, a .git suffix, a trailing / and case do not matter (the hosts
+    treat owner and repository names case-insensitively); a file:// path does.
+    """
+    return _identity(url_a) == _identity(url_b)
 
 
-def _canonical(url: str) -> str:
+def _identity(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     path = parts.path.rstrip("/")
     if path.endswith(".git"):
         path = path[:-4]
-    return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}{path}"
+    if parts.scheme.lower() == "file":
+        return "", path
+    return (parts.hostname or "").lower(), path.lower()
 
 
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

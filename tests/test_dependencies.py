@@ -125,3 +125,96 @@ async def test_without_network_dependencies_come_from_the_server(
     assert r.status == 200, log
     assert "Extract /tmp/enot/offleaf.ep" in log
     assert "fetch /tmp/enot/offleaf" not in log  # not cloned: there is no network
+
+
+async def test_pins_at_foreign_urls_bind_nothing_an_owner_cannot_take_back(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    """A package's pins name URLs its author chose, not the dependencies' owners.
+
+    Owner "victim" has lib2 and lib3 on GitHub; someone's package pins lib1 at a path
+    that ends in victim/lib1, and lib2 and lib3 at a GitLab group also named victim
+    (its lib2 at a tag the owner never made).
+    """
+    make_repo("victim/lib2", projects.enot_project("lib2"))
+    make_repo("victim/lib3", projects.enot_project("lib3"))
+    make_repo("attacker/victim/lib1", projects.enot_project("lib1"))
+    make_repo("gitlab/victim/lib2", projects.enot_project("lib2", vsn="9.9.9"), tag="9.9.9")
+    make_repo("gitlab/victim/lib3", projects.enot_project("lib3", vsn="2.0.0"), tag="2.0.0")
+    make_repo("tester/greedy", projects.enot_project("greedy", deps=[
+        {"name": "lib1", "url": "https://github.com/attacker/victim/lib1", "tag": "1.0.0"},
+        {"name": "lib3", "url": "https://gitlab.com/victim/lib3", "tag": "2.0.0"},
+        {"name": "lib2", "url": "https://gitlab.com/victim/lib2", "tag": "9.9.9"}]))
+    client = await make_client(git__rewrites={
+        "https://github.com/": f"file://{repos_dir}/",
+        "https://gitlab.com/": f"file://{repos_dir}/gitlab/"})
+
+    async def build(full_name: str) -> str:
+        r = await client.post("/buildSync", json={
+            "full_name": full_name, "clone_url": f"https://github.com/{full_name}",
+            "versions": [{"ref": "1.0.0"}]})
+        assert r.status == 200, await r.text()
+        return (await r.json())["response"][0]["build_id"]
+
+    def bindings() -> dict[str, tuple[str, str, str]]:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT namespace || '/' || name, clone_url, host, bound_by"
+                        " FROM repositories")
+            return {row[0]: row[1:] for row in cur.fetchall()}
+
+    await build("victim/lib3")  # the owner was here first
+    await build("tester/greedy")
+    # lib3's pin is scanned before lib2's: once lib2's build exists, lib3 was decided.
+    builds = await settle(client, db_conn, 3)
+    assert sorted(builds) == ["greedy", "lib2", "lib3"], builds
+    assert builds["lib3"] == [("succeeded", "api", 10)]  # not rebound, not rebuilt
+    assert builds["lib2"] == [("succeeded", "dependency of tester/greedy 1.0.0", 0)]
+    assert bindings() == {
+        "victim/lib3": ("https://github.com/victim/lib3", "github.com", "request"),
+        "tester/greedy": ("https://github.com/tester/greedy", "github.com", "request"),
+        # Provisional: nobody who owns victim/lib2 asked for it.
+        "victim/lib2": ("https://gitlab.com/victim/lib2", "gitlab.com", "dependency"),
+    }
+
+    # The owner's own request takes the name back, without a 409, and what was built
+    # from the GitLab copy is no longer listed as the owner's package.
+    owners = await build("victim/lib2")
+    assert bindings()["victim/lib2"] == ("https://github.com/victim/lib2", "github.com",
+                                         "request")
+    r = await client.post("/builds", json={"full_name": "victim/lib2"})
+    assert r.status == 200, await r.text()
+    assert [b["build_id"] for b in (await r.json())["response"]] == [owners]
+
+
+async def test_a_dependency_scan_binds_only_unbound_names(client: TestClient,
+                                                          db_conn: Any) -> None:
+    """queue_dependencies on its own, against the real database, with no worker running."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.dependencies import queue_dependencies
+    from enot_builder.keys import CONFIG, POOL, QUEUE
+
+    app = client.server.app
+    await app[QUEUE].stop(0)  # the queued builds stay rows
+    async with cursor(app[POOL]) as cur:
+        await store.bind_repository(cur, "victim", "owned", "https://github.com/victim/owned",
+                                    "github.com", "request")
+    parent = {"namespace": "tester", "name": "pinner", "ref": "1.0.0", "erl_version": "25"}
+
+    async def scan(*pins: tuple[str, str]) -> list[str]:
+        return await queue_dependencies(app[POOL], app[CONFIG], parent, list(pins))
+
+    def bindings() -> dict[str, tuple[str, str]]:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT namespace || '/' || name, clone_url, bound_by FROM repositories")
+            return {row[0]: row[1:] for row in cur.fetchall()}
+
+    assert await scan(("https://github.com/attacker/victim/squat", "1.0.0"),
+                      ("https://gitlab.com/attacker-group/victim/squat", "1.0.0"),
+                      ("https://gitlab.com/victim/owned", "1.0.0")) == []
+    assert len(await scan(("https://gitlab.com/victim/free", "1.0.0"))) == 1
+    # Another scan may not move the provisional binding either (a new tag, so that
+    # "already pending" does not stop it first).
+    assert await scan(("https://bitbucket.org/victim/free", "2.0.0")) == []
+    assert bindings() == {
+        "victim/owned": ("https://github.com/victim/owned", "request"),
+        "victim/free": ("https://gitlab.com/victim/free", "dependency")}

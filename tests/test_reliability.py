@@ -174,7 +174,8 @@ async def test_a_superseded_build_hands_its_requests_over(client: TestClient,
     await client.server.app[QUEUE].stop(0)  # no worker may take these rows
     async with cursor(pool) as cur:
         repo = await store.bind_repository(cur, "tester", "twice",
-                                           "https://github.com/tester/twice", False)
+                                           "https://github.com/tester/twice", "github.com",
+                                           "request")
         first = (await store.enqueue_build(cur, repository_id=repo["id"], ref="1.0.0",
                                            erl_version="25"))["id"]
         request = await store.create_request(cur, "api", True)

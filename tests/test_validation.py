@@ -1,14 +1,20 @@
-"""validation.ref_problem against the real `git check-ref-format`, over many strings."""
+"""validation.ref_problem against the real `git check-ref-format`, over many strings;
+clone URLs held to exactly the package's own repository."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enot_builder.validation import MAX_REF_LENGTH, ref_problem
+from enot_builder.validation import MAX_REF_LENGTH, ref_problem, same_repository
+
+from . import projects
+from .conftest import wait_for_status
 
 # Characters git treats specially in ref names, and a few ordinary ones.
 ALPHABET = "ab1.-/@{}~^:?*[]\\ \t\x01\x7f_lockéé$'\"`;|<>#!"
@@ -54,3 +60,56 @@ def test_generated_refs_agree_with_git(ref: str) -> None:
 def test_nul_is_refused() -> None:
     # git never sees it (argv cannot carry it): we must refuse it ourselves.
     assert ref_problem("a\x00b") is not None
+
+
+# Issue 14: each was accepted for comtihon/erl_json and bound the name to someone else.
+SQUATTING_URLS = [
+    "https://github.com/attacker/comtihon/erl_json",
+    "https://gitlab.com/attacker-group/comtihon/erl_json",
+    "https://github.com/attacker/comtihon/erl_json.git",
+    "https://github.com/comtihon/erl_json/tree/main",
+    "https://github.com//comtihon/erl_json",
+    "https://github.com/comtihon/erl_json/.git",
+]
+
+
+async def test_squatting_urls_are_refused_and_the_owner_then_builds(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    make_repo("comtihon/erl_json", projects.enot_project("erl_json"))
+    client = await make_client(git__rewrites={"https://github.com/": f"file://{repos_dir}/"})
+    for url in SQUATTING_URLS:
+        r = await client.post("/buildAsync", json={"full_name": "comtihon/erl_json",
+                                                   "clone_url": url,
+                                                   "versions": [{"ref": "1.0.0"}]})
+        assert r.status == 400, (url, await r.text())
+        answer = await r.json()
+        assert answer["result"] is False
+        assert "'clone_url' must name a repository exactly" in answer["response"], answer
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM repositories)"
+                        " + (SELECT count(*) FROM builds)")
+            assert cur.fetchone()[0] == 0, url
+    owner = "https://github.com/comtihon/erl_json/"
+    r = await client.post("/buildAsync", json={"full_name": "comtihon/erl_json",
+                                               "clone_url": owner,
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    [entry] = (await r.json())["response"]
+    build = await wait_for_status(client, entry["build_id"], ("succeeded", "failed"))
+    assert build["status"] == "succeeded", build["message"]
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT clone_url, host, bound_by FROM repositories")
+        assert cur.fetchall() == [(owner, "github.com", "request")]
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("https://github.com/a/b", "https://github.com/a/b.git/", True),
+    ("https://github.com/a/b", "https://GitHub.com:443/A/B", True),
+    ("https://github.com/a/b", "https://gitlab.com/a/b", False),
+    ("https://github.com/a/b", "https://github.com/x/a/b", False),
+    ("file:///srv/a/b", "file:///srv/a/b.git", True),
+    ("file:///srv/a/b", "file:///srv/A/b", False),
+    ("file:///github.com/a/b", "https://github.com/a/b", False),
+])
+def test_same_repository_means_same_host_and_path(a: str, b: str, same: bool) -> None:
+    assert same_repository(a, b) is same
