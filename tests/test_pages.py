@@ -220,3 +220,46 @@ async def test_static_files(client: TestClient) -> None:
     assert r.status == 200 and "follow" in await r.text()
     r = await client.get("/static/../app.py")
     assert r.status in (403, 404)
+
+
+async def test_one_request_queues_in_order(make_client: Any, make_repo: Any) -> None:
+    """The builds of one request (one transaction, one created_at) stand one after the
+    other: the same positions in the answer, /queue and /ui/queue, taken in that order."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.keys import POOL
+
+    client = await make_client(builds__workers=1, server__shutdown_grace=1)
+    slow = make_repo("slow", projects.enot_project("slow", prebuild=["sleep 120"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
+                                               "versions": [{"ref": "1.0.0"}]})
+    await wait_for_status(client, (await r.json())["response"][0]["build_id"], ("running",))
+    # The one worker is busy: these four stay queued.
+    refs = ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
+    url = make_repo("many", projects.enot_project("many"), tag="1.0.0",
+                    extra_tags=tuple(refs[1:]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/many", "clone_url": url,
+                                               "versions": [{"ref": ref} for ref in refs]})
+    assert r.status == 202, await r.text()
+    answer = (await r.json())["response"]
+    assert [(b["ref"], b["queue_position"]) for b in answer] == list(zip(refs, [1, 2, 3, 4]))
+    ids = [b["build_id"] for b in answer]
+
+    r = await client.get("/queue")
+    queued = [b for b in (await r.json())["response"]["builds"] if b["status"] == "queued"]
+    assert [(b["build_id"], b["position"]) for b in queued] == list(zip(ids, [1, 2, 3, 4]))
+
+    text = await page(client, "/ui/queue")
+    rows = re.findall(r'<td class="position">(\d+)</td>.*?href="/ui/builds/([0-9a-f-]+)"',
+                      text.split("<h2>Queued</h2>")[1], re.S)
+    assert rows == [(str(n), build_id) for n, build_id in zip([1, 2, 3, 4], ids)]
+    for n, build_id in enumerate(ids, 1):
+        text = await page(client, f"/ui/builds/{build_id}")
+        assert f'<span id="position">position {n} in the' in text
+
+    # The claim takes them in the same order (claimed here, by hand, as a worker would).
+    claimed = []
+    async with cursor(client.server.app[POOL]) as cur:
+        for _ in ids:
+            claimed.append((await store.claim_build(cur, "test:1/0"))["id"])
+    assert [str(c) for c in claimed] == ids
