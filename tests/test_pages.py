@@ -243,17 +243,17 @@ async def test_one_request_queues_in_order(make_client: Any, make_repo: Any) -> 
                                                "versions": [{"ref": ref} for ref in refs]})
     assert r.status == 202, await r.text()
     answer = (await r.json())["response"]
-    assert [(b["ref"], b["queue_position"]) for b in answer] == list(zip(refs, [1, 2, 3, 4]))
+    assert [(b["ref"], b["queue_position"]) for b in answer] == list(zip(refs, [1, 2, 3, 4], strict=True))
     ids = [b["build_id"] for b in answer]
 
     r = await client.get("/queue")
     queued = [b for b in (await r.json())["response"]["builds"] if b["status"] == "queued"]
-    assert [(b["build_id"], b["position"]) for b in queued] == list(zip(ids, [1, 2, 3, 4]))
+    assert [(b["build_id"], b["position"]) for b in queued] == list(zip(ids, [1, 2, 3, 4], strict=True))
 
     text = await page(client, "/ui/queue")
     rows = re.findall(r'<td class="position">(\d+)</td>.*?href="/ui/builds/([0-9a-f-]+)"',
                       text.split("<h2>Queued</h2>")[1], re.S)
-    assert rows == [(str(n), build_id) for n, build_id in zip([1, 2, 3, 4], ids)]
+    assert rows == [(str(n), build_id) for n, build_id in zip([1, 2, 3, 4], ids, strict=True)]
     for n, build_id in enumerate(ids, 1):
         text = await page(client, f"/ui/builds/{build_id}")
         assert f'<span id="position">position {n} in the' in text
