@@ -24,7 +24,7 @@ _BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, r.namespace, r.name, r.clone_url
+    b.worker, b.not_before, r.namespace, r.name, r.clone_url
 """
 
 # The protocol's package-build document, built where the data is.
@@ -319,7 +319,7 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
     await cur.execute(
         """
         SELECT b.id::text AS id, b.status::text AS status, b.ref, b.erl_version, b.message,
-               r.namespace, r.name
+               b.attempt, r.namespace, r.name
         FROM builds b JOIN repositories r ON r.id = b.repository_id
         WHERE (b.id = ANY(%(ids)s::uuid[]) OR b.parent_id = ANY(%(ids)s::uuid[])
                OR b.id IN (SELECT superseded_by FROM builds WHERE id = ANY(%(ids)s::uuid[])))

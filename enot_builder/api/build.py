@@ -53,7 +53,7 @@ def _result(build: dict[str, Any]) -> dict[str, Any]:
     ok = build["status"] == "succeeded"
     return {"build_id": build["id"], "full_name": f"{build['namespace']}/{build['name']}",
             "ref": build["ref"], "erl_version": build["erl_version"], "result": ok,
-            "status": build["status"], "message": build["message"],
+            "status": build["status"], "message": build["message"], "attempts": build["attempt"],
             "artifact_path": f"/download/{build['id']}" if ok else None,
             "log": f"/build_log?build_id={build['id']}"}
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from .. import store, validation
 from ..db import cursor
 from ..errors import ApiError
-from ..keys import BUILDER, POOL
+from ..keys import BUILDER, CONFIG, POOL
 from .badge import version_key
 from .build import queue_again
 
@@ -43,6 +43,7 @@ def setup(app: web.Application) -> None:
     env.filters["when"] = when
     env.filters["size"] = size
     env.globals["duration"] = duration
+    env.globals["until"] = until
     env.globals["terminal"] = store.TERMINAL
 
 
@@ -63,6 +64,10 @@ def duration(start: datetime | None, end: datetime | None = None) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def until(moment: datetime) -> str:
+    return duration(datetime.now(UTC), moment)
 
 
 def size(value: int | None) -> str:
@@ -176,7 +181,11 @@ async def build(request: web.Request) -> dict[str, Any]:
         siblings = await store.sibling_builds(cur, build_id)
     log_text = await asyncio.to_thread(_log_tail, request.app[BUILDER].logs_dir,
                                        found["log_path"])
-    return {"build": found, "position": position, "siblings": siblings, "log": log_text}
+    # Queued again after a failed attempt, and not to be taken before not_before.
+    retry_at = found["not_before"] if found["status"] == "queued" and found["not_before"] \
+        and found["not_before"] > datetime.now(UTC) else None
+    return {"build": found, "position": position, "siblings": siblings, "log": log_text,
+            "retry_at": retry_at, "max_attempts": request.app[CONFIG].builds.max_attempts}
 
 
 async def rebuild(request: web.Request) -> web.Response:
