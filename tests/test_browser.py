@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
+from .conftest import wait_for_message
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -170,3 +171,25 @@ async def test_failed_build_page(client: TestClient, make_repo: Any, browser_pag
         "form.filters input", "inputs => inputs.map(i => i.getBoundingClientRect().width)")
     assert len(widths) == 4 and len(set(widths)) == 1, widths  # the Erlang box as wide
     await shot(page, "9-search-filters")
+
+
+async def test_a_build_waiting_for_its_retry(make_client: Any, browser_page: Any) -> None:
+    """Its page says it is queued again and when the next attempt is due, and the live
+    log (the failed attempt's) does not make it look running."""
+    page = browser_page
+    expect = playwright_api.expect
+    client = await make_client(builds__retry_delay=600, git__allowed_hosts=["nonexistent.invalid"])
+    r = await client.post("/buildAsync", json={
+        "full_name": "tester/offline", "clone_url": "https://nonexistent.invalid/tester/offline",
+        "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_message(client, build_id, "attempt 1 of 3 failed")
+    base = str(client.make_url("")).rstrip("/")
+    await page.goto(f"{base}/ui/builds/{build_id}")
+    await expect(page.locator("#retry")).to_contain_text("attempt 2 of 3, at ")
+    await expect(page.locator("#message")).to_contain_text(
+        "attempt 1 of 3 failed: git clone of https://nonexistent.invalid/tester/offline "
+        "failed: cannot resolve host nonexistent.invalid (DNS)")
+    await expect(page.locator("#log")).to_contain_text("FAILED, retrying in 600 s")
+    await expect(page.locator("#status")).to_have_text("queued")
+    await shot(page, "10-build-retry")

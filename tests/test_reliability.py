@@ -13,13 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from enot_builder import config as config_module
-from enot_builder import pgcluster, store
+from enot_builder import pgcluster
 from enot_builder.app import create_app
-from enot_builder.db import cursor
-from enot_builder.keys import POOL, QUEUE
+from enot_builder.keys import QUEUE
 
 from . import projects
-from .conftest import wait_for_status
+from .conftest import wait_for_message, wait_for_status
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -82,22 +81,6 @@ async def test_a_build_waiting_for_its_retry_says_so(make_client: Any, db_conn: 
     assert f'<dd id="message">{build["message"]}</dd>' in text
     assert re.search(r'<dd id="retry">attempt 2 of 3, at [0-9: -]+UTC \(in (9|10) min \d\d s\)</dd>',
                      text), text
-
-
-async def wait_for_message(client: TestClient, build_id: str, start: str,
-                           timeout: float = 60) -> dict[str, Any]:
-    """Wait until the build's message starts with `start`; return its row."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        async with cursor(client.server.app[POOL]) as cur:
-            build = await store.get_build(cur, build_id)
-        if build is not None and build["message"].startswith(start):
-            return build
-        if loop.time() > end:
-            raise AssertionError(f"build {build_id}'s message never started with {start!r}: "
-                                 f"{build}")
-        await asyncio.sleep(0.2)
 
 
 async def test_out_of_memory_names_the_limit(make_client: Any, make_repo: Any) -> None:
