@@ -85,7 +85,7 @@ GIT_HOST = re.compile(r"(?:resolve host(?:name)?|connect to)[: ]+'?([A-Za-z0-9._
 # What a process says when it hits the address-space limit (prlimit --as): the Erlang
 # VM (its allocators, or its C++ parts), Python (enot), the C library, a shell's fork.
 OUT_OF_MEMORY = (b"Cannot allocate", b"eheap_alloc", b"erts_mmap: Failed to create",
-                 b"std::bad_alloc", b"MemoryError", b"Out of memory", b"out of memory")
+                 b"std::bad_alloc", b"MemoryError", b"Out of memory")
 
 
 @dataclass
