@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import cache_relay, process, validation
 from .buildlog import BuildLog
-from .config import Config
+from .config import BuildsConfig, Config
 from .files import publish
 from .sandbox import Sandbox, SandboxError
 from .toolchains import Toolchain
@@ -54,18 +54,38 @@ class BuildFailure(Exception):
 
     `retryable` marks failures of the infrastructure rather than of the package (a
     clone that timed out, a host that did not answer): those are tried again.
+    `see_log` marks a message whose details are in the build log: the API's and the
+    mail's message say so, the log's own last line does not.
     """
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, retryable: bool = False, see_log: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.see_log = see_log
 
 
-# What git says when the other side, not the repository, is the problem.
-TRANSIENT_GIT_ERRORS = ("Could not resolve host", "Connection refused", "Connection timed out",
-                        "Failed to connect", "Operation timed out", "early EOF",
-                        "The remote end hung up unexpectedly", "returned error: 50",
-                        "gnutls_handshake", "SSL_connect", "Temporary failure in name resolution")
+SEE_LOG = "; see the build log"
+
+# What git says when the other side, not the repository, is the problem, and what we
+# say instead ({host}: the host git names, else the clone URL's). All are retried.
+TRANSIENT_GIT_ERRORS = (
+    (("Could not resolve host", "Temporary failure in name resolution",
+      "Name or service not known"), "cannot resolve host {host} (DNS)"),
+    (("Connection refused",), "{host} refused the connection"),
+    (("Connection timed out", "Operation timed out"), "the connection to {host} timed out"),
+    (("Failed to connect", "Network is unreachable", "No route to host"),
+     "cannot connect to {host}"),
+    (("gnutls_handshake", "SSL_connect"), "the TLS handshake with {host} failed"),
+    (("returned error: 50",), "{host} answered with a server error (HTTP 5xx)"),
+    (("early EOF", "The remote end hung up unexpectedly"),
+     "the connection to {host} broke off"),
+)
+GIT_HOST = re.compile(r"(?:resolve host(?:name)?|connect to)[: ]+'?([A-Za-z0-9._-]+)")
+
+# What a process says when it hits the address-space limit (prlimit --as): the Erlang
+# VM (its allocators, or its C++ parts), Python (enot), the C library, a shell's fork.
+OUT_OF_MEMORY = (b"Cannot allocate", b"eheap_alloc", b"erts_mmap: Failed to create",
+                 b"std::bad_alloc", b"MemoryError", b"Out of memory")
 
 
 @dataclass
@@ -80,6 +100,8 @@ class Outcome:
     dependencies: list[tuple[str, str]] = field(default_factory=list)
     # A failure of the infrastructure, worth another attempt.
     retryable: bool = False
+    # The build log has the details (the message says so; the log's last line not).
+    see_log: bool = False
 
 
 @dataclass
@@ -141,12 +163,14 @@ class Builder:
             return Outcome(False, f"server error: cannot write the build log ({e.strerror or e})")
         try:
             await hooks.log_opened(str(log_path))
+            attempts = self.config.builds.max_attempts
             build_log.line(f"build {build_id} of {build['namespace']}/{build['name']} "
-                           f"{build['ref']} (attempt {build['attempt']}), sandbox: {self.sandbox.mode}")
+                           f"{build['ref']} (attempt {build['attempt']} of {attempts}), "
+                           f"sandbox: {self.sandbox.mode}")
             try:
                 outcome = await self._run(build, hooks, work_dir, build_log, deadline)
             except BuildFailure as e:
-                outcome = Outcome(False, str(e), retryable=e.retryable)
+                outcome = Outcome(False, str(e), retryable=e.retryable, see_log=e.see_log)
             except SandboxError as e:
                 outcome = Outcome(False, f"the build sandbox is not usable: {e}")
             except OSError as e:
@@ -158,7 +182,12 @@ class Builder:
                 outcome = Outcome(False, "internal error of the build server; it has been logged")
             finally:
                 await asyncio.to_thread(remove_tree, work_dir)
-            build_log.line(("SUCCESS: " if outcome.succeeded else "FAILED: ") + outcome.message)
+            delay = retry_delay(self.config.builds, build["attempt"], outcome)
+            build_log.line(("SUCCESS: " if outcome.succeeded else
+                            f"attempt {build['attempt']} of {attempts} FAILED, retrying in "
+                            f"{delay} s: " if delay is not None else "FAILED: ") + outcome.message)
+            if outcome.see_log:
+                outcome.message += SEE_LOG
         finally:
             await asyncio.to_thread(build_log.close)  # it fsyncs
         return outcome
@@ -224,10 +253,11 @@ class Builder:
         check_log_full(step, build_log)
         if step.timed_out:
             raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
-                               "and was stopped")
+                               "(builds.timeout) and was stopped")
         if step.returncode != 0:
-            raise BuildFailure(f"enot package failed (exit status {step.returncode}); "
-                               "see the build log")
+            self.check_memory(step, "enot package")
+            raise BuildFailure(f"enot package failed (exit status {step.returncode})",
+                               see_log=True)
 
         # 4. Keep the artifact.
         return await asyncio.to_thread(self._store_artifact, build, src)
@@ -287,10 +317,19 @@ class Builder:
             text = step.output.decode(errors="replace")
             if "Remote branch" in text and "not found" in text:
                 raise BuildFailure(f"tag {build['ref']!r} not found in {redact(url)}")
-            transient = any(marker in text for marker in TRANSIENT_GIT_ERRORS)
-            raise BuildFailure(f"git clone of {redact(url)} failed (exit status {step.returncode})"
-                               + ("; the host did not answer" if transient else "")
-                               + "; see the build log", retryable=transient)
+            self.check_memory(step, "git clone")
+            problem = clone_problem(text, url)
+            raise BuildFailure(f"git clone of {redact(url)} failed: {problem}" if problem else
+                               f"git clone of {redact(url)} failed (exit status {step.returncode})",
+                               retryable=problem is not None, see_log=True)
+
+    def check_memory(self, step: process.StepResult, what: str) -> None:
+        """Fail naming the memory limit when a process of the step hit it."""
+        if any(marker in step.output or marker in step.tail for marker in OUT_OF_MEMORY):
+            raise BuildFailure(
+                f"{what} ran out of memory: a process reached the limit of "
+                f"{self.config.builds.memory_limit_mb} MiB of address space per process "
+                "(builds.memory_limit_mb)", see_log=True)
 
     async def _source(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
                       deadline: float) -> tuple[str, str | None]:
@@ -410,6 +449,29 @@ class Builder:
             raise
         return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size,
                        tagged_dependencies(package_config))
+
+
+def clone_problem(git_output: str, url: str) -> str | None:
+    """What went wrong on the way to the host, in words, or None when it was not that."""
+    for markers, problem in TRANSIENT_GIT_ERRORS:
+        if any(marker in git_output for marker in markers):
+            named = GIT_HOST.search(git_output)
+            host = named.group(1) if named else (urlsplit(url).hostname or url)
+            return problem.format(host=host)
+    return None
+
+
+def retry_delay(config: BuildsConfig, attempt: int, outcome: Outcome) -> int | None:
+    """Seconds until the next attempt of a build whose attempt number `attempt` ended
+    with `outcome`; None when that outcome is final."""
+    if outcome.succeeded or not outcome.retryable or attempt >= config.max_attempts:
+        return None
+    return backoff(config, attempt)
+
+
+def backoff(config: BuildsConfig, attempt: int) -> int:
+    """The wait after failed attempt number `attempt`: doubled with each attempt."""
+    return config.retry_delay * 2 ** (attempt - 1)
 
 
 def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]:

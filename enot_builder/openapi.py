@@ -77,10 +77,10 @@ QUEUED = {"type": "array", "items": _obj(
     queue_position={"type": ["integer", "null"]})}
 BUILD_RESULT = _obj(
     ["build_id", "full_name", "ref", "erl_version", "result", "status", "message",
-     "artifact_path", "log"],
+     "artifact_path", "log", "attempts"],
     build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING,
     result={"type": "boolean"}, status=STRING, message=NULLABLE_STRING,
-    artifact_path=NULLABLE_STRING, log=STRING)
+    artifact_path=NULLABLE_STRING, log=STRING, attempts={"type": "integer"})
 PACKAGE_BUILD = _obj(
     ["build_id", "namespace", "name", "success", "path", "build_date", "version", "erl_version"],
     build_id=UUID, namespace=STRING, name=STRING, success={"type": "boolean"}, path=STRING,

@@ -32,6 +32,7 @@ class StepResult:
     seconds: float
     output: bytes  # the first bytes of output, for messages (the log has it all)
     log_full: bool = False  # stopped because its output filled the build log
+    tail: bytes = b""  # the last bytes of output: where a dying process says why
 
 
 async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
@@ -42,6 +43,7 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True, cwd="/")
     captured = bytearray()
+    tail = bytearray()
     log_full = asyncio.Event()
 
     async def pump() -> None:
@@ -52,6 +54,8 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
                 return
             if len(captured) < capture:
                 captured.extend(chunk[:capture - len(captured)])
+            tail.extend(chunk)
+            del tail[:-capture]
             if log_to is not None:
                 log_to.write(chunk)
                 if log_to.truncated:
@@ -84,7 +88,8 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
         with contextlib.suppress(asyncio.CancelledError):
             await reader
     return StepResult(None if timed_out else proc.returncode, timed_out,
-                      time.monotonic() - started, bytes(captured), log_full.is_set())
+                      time.monotonic() - started, bytes(captured), log_full.is_set(),
+                      bytes(tail))
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:

@@ -20,7 +20,7 @@ import aiopg
 import psycopg2
 
 from . import dependencies, mail, store
-from .builder import Builder, BuildFailure, BuildHooks, Outcome
+from .builder import Builder, BuildFailure, BuildHooks, Outcome, backoff, retry_delay
 from .config import Config
 from .db import cursor
 
@@ -258,19 +258,22 @@ class BuildQueue:
         """Record the outcome, or queue the build again; True when the outcome is final."""
         build_id = str(build["id"])
         attempts = build["attempt"]
-        retry = (not outcome.succeeded and outcome.retryable
-                 and attempts < self.config.builds.max_attempts)
-        if not outcome.succeeded and outcome.retryable and attempts > 1 and not retry:
-            outcome.message += f" (gave up after {attempts} attempts)"
-        if retry:
-            delay = self.config.builds.retry_delay * 2 ** (attempts - 1)
-            message = f"attempt {attempts} failed: {outcome.message}; retrying in {delay} s"
+        delay = retry_delay(self.config.builds, attempts, outcome)
+        if delay is not None:
+            message = (f"attempt {attempts} of {self.config.builds.max_attempts} failed: "
+                       f"{outcome.message}; retrying in {delay} s")
             if await self._write(lambda cur: store.requeue_build(
                     cur, build_id, worker=build["worker"], delay=delay, message=message,
                     attempt_counts=True)):
                 log.info("build %s will be retried in %d s: %s", build_id, delay,
                          outcome.message)
+            # Whoever waits for this build (/buildSync, the build page) sees the retry.
+            self._announce()
             return False
+        if not outcome.succeeded and outcome.retryable and attempts > 1:
+            # Where the time went: the retries and the waits between them.
+            waits = ", ".join(f"{backoff(self.config.builds, n)} s" for n in range(1, attempts))
+            outcome.message += f" (gave up after {attempts} attempts, retried after {waits})"
         recorded = await self._write(lambda cur: store.finish_build(
             cur, build_id, worker=build["worker"], succeeded=outcome.succeeded,
             message=outcome.message,

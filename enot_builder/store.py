@@ -24,7 +24,7 @@ _BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, r.namespace, r.name, r.clone_url
+    b.worker, b.not_before, r.namespace, r.name, r.clone_url
 """
 
 # The protocol's package-build document, built where the data is.
@@ -195,7 +195,7 @@ async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
                               attempt = attempt + 1, worker = %(worker)s
             WHERE id = (SELECT id FROM builds WHERE status = 'queued'
                           AND (not_before IS NULL OR not_before <= now())
-                        ORDER BY priority DESC, created_at
+                        ORDER BY priority DESC, queue_seq
                         LIMIT 1 FOR UPDATE SKIP LOCKED)
             RETURNING *
         )
@@ -350,12 +350,12 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
     await cur.execute(
         """
         SELECT b.id::text AS id, b.status::text AS status, b.ref, b.erl_version, b.message,
-               r.namespace, r.name
+               b.attempt, r.namespace, r.name
         FROM builds b JOIN repositories r ON r.id = b.repository_id
         WHERE (b.id = ANY(%(ids)s::uuid[]) OR b.parent_id = ANY(%(ids)s::uuid[])
                OR b.id IN (SELECT superseded_by FROM builds WHERE id = ANY(%(ids)s::uuid[])))
           AND b.superseded_by IS NULL
-        ORDER BY b.created_at
+        ORDER BY b.queue_seq
         """,
         {"ids": list(build_ids)},
     )
@@ -571,7 +571,7 @@ async def recent_builds(cur: aiopg.Cursor, n: int) -> list[Row]:
         f"""
         SELECT {_BUILD_SUMMARY}
         FROM builds b JOIN repositories r ON r.id = b.repository_id
-        ORDER BY b.created_at DESC
+        ORDER BY b.queue_seq DESC
         LIMIT %(n)s
         """,
         {"n": n},
@@ -581,11 +581,13 @@ async def recent_builds(cur: aiopg.Cursor, n: int) -> list[Row]:
 
 # --- the queue as people see it ---------------------------------------------------
 
+# 1 for the build the claim takes next: the claim's order (priority, then queue_seq,
+# unique per build) counts the builds before this one.
 _POSITION = """
     CASE WHEN b.status = 'queued' THEN (
         SELECT count(*) + 1 FROM builds q
         WHERE q.status = 'queued'
-          AND (q.priority > b.priority OR (q.priority = b.priority AND q.created_at < b.created_at)))
+          AND (q.priority > b.priority OR (q.priority = b.priority AND q.queue_seq < b.queue_seq)))
     END
 """
 
@@ -597,7 +599,7 @@ async def queue_rows(cur: aiopg.Cursor, limit: int) -> list[Row]:
         SELECT {_BUILD_SUMMARY}, b.worker, {_POSITION} AS position
         FROM builds b JOIN repositories r ON r.id = b.repository_id
         WHERE b.status IN ('queued', 'running')
-        ORDER BY b.status = 'queued', b.priority DESC, coalesce(b.started_at, b.created_at)
+        ORDER BY b.status = 'queued', b.priority DESC, b.started_at NULLS LAST, b.queue_seq
         LIMIT %(limit)s
         """,
         {"limit": limit},
@@ -718,7 +720,7 @@ async def active_builds(cur: aiopg.Cursor, repository_id: int) -> list[Row]:
         SELECT b.id::text AS id, b.ref, b.erl_version, b.status::text AS status
         FROM builds b
         WHERE b.repository_id = %(repository_id)s AND b.status IN ('queued', 'running')
-        ORDER BY b.created_at
+        ORDER BY b.queue_seq
         """,
         {"repository_id": repository_id},
     )
@@ -734,7 +736,7 @@ async def sibling_builds(cur: aiopg.Cursor, build_id: str) -> list[Row]:
           ON b.id <> me.id AND (b.parent_id = me.id OR b.id = me.parent_id
                                 OR (me.parent_id IS NOT NULL AND b.parent_id = me.parent_id))
         WHERE me.id = %(id)s
-        ORDER BY b.created_at
+        ORDER BY b.queue_seq
         """,
         {"id": build_id},
     )

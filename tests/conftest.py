@@ -159,6 +159,20 @@ def make_client(aiohttp_client: Any, pg_dsn: str, data_dir: Path,
 async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str, ...],
                           timeout: float = 120) -> dict[str, Any]:
     """Wait until the build reaches one of `statuses`; return its row."""
+    return await wait_for_build(client, build_id, lambda b: b["status"] in statuses,
+                                f"reach {statuses}", timeout)
+
+
+async def wait_for_message(client: TestClient, build_id: str, start: str,
+                           timeout: float = 60) -> dict[str, Any]:
+    """Wait until the build's message starts with `start`; return its row."""
+    return await wait_for_build(client, build_id, lambda b: b["message"].startswith(start),
+                                f"get a message starting {start!r}", timeout)
+
+
+async def wait_for_build(client: TestClient, build_id: str,
+                         ready: Callable[[dict[str, Any]], bool], what: str,
+                         timeout: float) -> dict[str, Any]:
     from enot_builder import store
     from enot_builder.db import cursor
     from enot_builder.keys import POOL
@@ -169,10 +183,10 @@ async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str
     while True:
         async with cursor(app[POOL]) as cur:
             build = await store.get_build(cur, build_id)
-        if build is not None and build["status"] in statuses:
+        if build is not None and ready(build):
             return build
         if loop.time() > end:
-            raise AssertionError(f"build {build_id} did not reach {statuses}: {build}")
+            raise AssertionError(f"build {build_id} did not {what}: {build}")
         await asyncio.sleep(0.2)
 
 

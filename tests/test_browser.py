@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
+from .conftest import wait_for_message
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -83,14 +84,25 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
     await page.wait_for_url("**/ui/request?**")
     await expect(page.locator("#full_name")).to_have_value("tester/hello")
     await expect(page.locator("#clone_url")).to_have_value(url)
+    # Every field's error next to its field, as the page without JavaScript shows them.
+    await page.fill("#full_name", "no-slash")
     await page.fill("#refs", "bad..tag")
     await page.click("button[type=submit]")
-    await expect(page.locator("#form-error")).to_contain_text("Tag is not a valid git tag")
+    await expect(page.locator("#refs + #refs-error")).to_contain_text(
+        "Tag is not a valid git tag")
+    await expect(page.locator("#full_name + #full_name-error")).to_contain_text(
+        "Field 'full_name' must be 'namespace/name'")
+    assert await page.get_attribute("#refs", "aria-invalid") == "true"
+    await expect(page.locator("#form-error")).to_be_hidden()
+    await expect(page.locator("#notify_email")).not_to_be_checked()  # no mail server here
+    await shot(page, "4-request-errors")
+    await page.fill("#full_name", "tester/hello")
     await page.fill("#refs", "1.1.0")
     await page.select_option("#erl_version", "25")
     await shot(page, "4-request")
     await page.click("button[type=submit]")
     await page.wait_for_url("**/ui/builds/*")
+    await expect(page.locator(".field-error")).to_have_count(0)
 
     # The build page follows the log live, then shows the result.
     await expect(page.locator("#log")).to_contain_text("tick 1", timeout=60_000)
@@ -109,3 +121,75 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
     assert response.status == 404
     await expect(page.locator("h1")).to_have_text("Not found")
     await shot(page, "7-not-found")
+
+
+async def test_failed_build_page(client: TestClient, make_repo: Any, browser_page: Any) -> None:
+    """A failed build: its long log lines wrap at spaces, and Rebuild queues it again."""
+    page = browser_page
+    expect = playwright_api.expect
+    words = " ".join(f"word{i}" for i in range(60))
+    files = projects.broken_project("broken")
+    files["enot_config.json"] = files["enot_config.json"].replace(
+        '"deps"', f'"prebuild": [{{"shell": "echo {words}"}}], "deps"')
+    url = make_repo("broken", files)
+    r = await client.post("/buildSync", json={"full_name": "tester/broken", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422, await r.text()
+    build_id = (await r.json())["builds"][0]["build_id"]
+    base = str(client.make_url("")).rstrip("/")
+
+    await page.goto(f"{base}/ui/builds/{build_id}")
+    await expect(page.locator("#status")).to_have_text("failed")
+    log = page.locator("#log")
+    await expect(log).to_contain_text("word59")
+    # No horizontal scrolling; the echoed line (about 500 characters) takes several
+    # lines, broken between words: no word of it is drawn on two lines.
+    layout = await log.evaluate("""e => {
+        const text = [...e.childNodes].find(n => n.data && n.data.includes("word0 "));
+        const range = document.createRange(), tops = new Set(), cut = [];
+        const start = text.data.indexOf("word0 "), end = text.data.indexOf("word59") + 6;
+        for (let i = start; i < end;) {
+            const space = text.data.indexOf(" ", i), stop = space < 0 ? end : Math.min(space, end);
+            range.setStart(text, i); range.setEnd(text, stop);
+            const rects = range.getClientRects();
+            if (rects.length > 1) cut.push(text.data.slice(i, stop));
+            tops.add(Math.round(rects[0].top));
+            i = stop + 1;
+        }
+        return {lines: tops.size, cut: cut, scrolls: e.scrollWidth > e.clientWidth};
+    }""")
+    assert layout["lines"] > 1 and layout["cut"] == [] and not layout["scrolls"], layout
+    await shot(page, "8-build-failed")
+
+    await page.click("#rebuild")
+    await page.wait_for_url("**/ui/builds/*")
+    assert build_id not in page.url
+    await expect(page.locator("#status")).to_have_text("failed", timeout=120_000)
+
+    await page.goto(f"{base}/ui/packages?q=broken")
+    widths = await page.eval_on_selector_all(
+        "form.filters input", "inputs => inputs.map(i => i.getBoundingClientRect().width)")
+    assert len(widths) == 4 and len(set(widths)) == 1, widths  # the Erlang box as wide
+    await shot(page, "9-search-filters")
+
+
+async def test_a_build_waiting_for_its_retry(make_client: Any, browser_page: Any) -> None:
+    """Its page says it is queued again and when the next attempt is due, and the live
+    log (the failed attempt's) does not make it look running."""
+    page = browser_page
+    expect = playwright_api.expect
+    client = await make_client(builds__retry_delay=600, git__allowed_hosts=["nonexistent.invalid"])
+    r = await client.post("/buildAsync", json={
+        "full_name": "tester/offline", "clone_url": "https://nonexistent.invalid/tester/offline",
+        "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_message(client, build_id, "attempt 1 of 3 failed")
+    base = str(client.make_url("")).rstrip("/")
+    await page.goto(f"{base}/ui/builds/{build_id}")
+    await expect(page.locator("#retry")).to_contain_text("attempt 2 of 3, at ")
+    await expect(page.locator("#message")).to_contain_text(
+        "attempt 1 of 3 failed: git clone of https://nonexistent.invalid/tester/offline "
+        "failed: cannot resolve host nonexistent.invalid (DNS)")
+    await expect(page.locator("#log")).to_contain_text("FAILED, retrying in 600 s")
+    await expect(page.locator("#status")).to_have_text("queued")
+    await shot(page, "10-build-retry")

@@ -162,7 +162,7 @@ async def test_timeout_kills_the_whole_build(make_client: Any, make_repo: Any) -
         "sleepy", prebuild=["(sleep 313 &) ; sleep 314"]))
     status, body = await build_sync(client, "tester/sleepy", url, [{"ref": "1.0.0"}])
     assert status == 422, body
-    assert "ran past its time limit of 8 s" in body["builds"][0]["message"]
+    assert "ran past its time limit of 8 s (builds.timeout)" in body["builds"][0]["message"]
     await asyncio.sleep(0.5)
     assert running_processes("sleep 313") == []
     assert running_processes("sleep 314") == []

@@ -131,7 +131,8 @@ async def test_endless_loop_is_stopped(make_client: Any, make_repo: Any) -> None
     url = make_repo("spin", projects.enot_project("spin", prebuild=[f"while :; do :; done # {tag}"]))
     build, log = await hostile_build(client, "spin", url)
     assert build["status"] == "failed"
-    assert build["message"] == "the build ran past its time limit of 6 s and was stopped"
+    assert build["message"] == ("the build ran past its time limit of 6 s (builds.timeout) "
+                                "and was stopped")
     assert log.rstrip().endswith(build["message"])
     await asyncio.sleep(0.5)
     assert running_processes(tag) == []

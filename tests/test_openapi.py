@@ -22,7 +22,8 @@ from enot_builder.openapi import SPEC
 HTML_PAGES: set[tuple[str, str]] = {
     ("GET", "/"), ("GET", "/ui/packages"), ("GET", "/ui/packages/{namespace}/{name}"),
     ("GET", "/ui/builds/{build_id}"), ("GET", "/ui/queue"), ("GET", "/ui/request"),
-    ("POST", "/ui/request"), ("GET", "/static"),
+    ("POST", "/ui/request"), ("GET", "/static"), ("GET", "/favicon.ico"),
+    ("POST", "/ui/builds/{build_id}/rebuild"),
 }
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from enot_builder.app import create_app
+from enot_builder.keys import QUEUE
 
 from . import projects
 from .conftest import make_config, one_running_one_queued, wait_for_status
@@ -220,3 +221,160 @@ async def test_static_files(client: TestClient) -> None:
     assert r.status == 200 and "follow" in await r.text()
     r = await client.get("/static/../app.py")
     assert r.status in (403, 404)
+
+
+async def test_one_request_queues_in_order(make_client: Any, make_repo: Any) -> None:
+    """The builds of one request (one transaction, one created_at) stand one after the
+    other: the same positions in the answer, /queue and /ui/queue, taken in that order."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.keys import POOL
+
+    client = await make_client(builds__workers=1, server__shutdown_grace=1)
+    slow = make_repo("slow", projects.enot_project("slow", prebuild=["sleep 120"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
+                                               "versions": [{"ref": "1.0.0"}]})
+    await wait_for_status(client, (await r.json())["response"][0]["build_id"], ("running",))
+    # The one worker is busy: these four stay queued.
+    refs = ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
+    url = make_repo("many", projects.enot_project("many"), tag="1.0.0",
+                    extra_tags=tuple(refs[1:]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/many", "clone_url": url,
+                                               "versions": [{"ref": ref} for ref in refs]})
+    assert r.status == 202, await r.text()
+    answer = (await r.json())["response"]
+    assert [(b["ref"], b["queue_position"]) for b in answer] == list(zip(refs, [1, 2, 3, 4], strict=True))
+    ids = [b["build_id"] for b in answer]
+
+    r = await client.get("/queue")
+    queued = [b for b in (await r.json())["response"]["builds"] if b["status"] == "queued"]
+    assert [(b["build_id"], b["position"]) for b in queued] == list(zip(ids, [1, 2, 3, 4], strict=True))
+
+    text = await page(client, "/ui/queue")
+    rows = re.findall(r'<td class="position">(\d+)</td>.*?href="/ui/builds/([0-9a-f-]+)"',
+                      text.split("<h2>Queued</h2>")[1], re.S)
+    assert rows == [(str(n), build_id) for n, build_id in zip([1, 2, 3, 4], ids, strict=True)]
+    for n, build_id in enumerate(ids, 1):
+        text = await page(client, f"/ui/builds/{build_id}")
+        assert f'<span id="position">position {n} in the' in text
+
+    # The claim takes them in the same order (claimed here, by hand, as a worker would).
+    claimed = []
+    async with cursor(client.server.app[POOL]) as cur:
+        for _ in ids:
+            claimed.append((await store.claim_build(cur, "test:1/0"))["id"])
+    assert [str(c) for c in claimed] == ids
+
+
+async def test_favicon_is_served_and_cached(client: TestClient) -> None:
+    text = await page(client, "/")
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in text
+    assert '<link rel="icon" href="/favicon.ico" sizes="32x32">' in text
+    r = await client.get("/favicon.ico")
+    assert r.status == 200, await r.text()
+    assert r.headers["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert r.headers["Cache-Control"] == "public, max-age=604800"
+    assert (await r.read())[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    r = await client.get("/static/favicon.svg")
+    assert r.status == 200 and r.headers["Content-Type"] == "image/svg+xml"
+    # Browsers' own requests for it are no 404s in the metrics.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'route="/favicon.ico",status="200"' in metrics
+    assert 'status="404"' not in metrics
+
+
+async def test_failed_versions_offer_no_install_and_a_rebuild(client: TestClient,
+                                                              make_repo: Any,
+                                                              hello: dict[str, Any]) -> None:
+    url = make_repo("broken", projects.broken_project("broken"))
+    r = await client.post("/buildSync", json={"full_name": "tester/broken", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422, await r.text()
+    failed_id = (await r.json())["builds"][0]["build_id"]
+
+    text = await page(client, "/ui/packages/tester/broken")
+    assert "status-failed" in text
+    assert "enot fetch" not in text  # nothing of it can be fetched
+    text = await page(client, "/ui/packages/tester/hello")
+    assert "enot fetch tester/hello 1.0.0" in text
+
+    # A failed build's page has a Rebuild button that works without JavaScript.
+    text = await page(client, f"/ui/builds/{failed_id}")
+    assert (f'<form class="rebuild" method="post" action="/ui/builds/{failed_id}/rebuild">'
+            '<button type="submit" id="rebuild">Rebuild</button>') in text
+    assert "enot fetch" not in text
+    succeeded = await page(client, f"/ui/builds/{hello['build_id']}")
+    assert 'class="rebuild"' not in succeeded
+    r = await client.post(f"/ui/builds/{failed_id}/rebuild", headers=HTML, allow_redirects=False)
+    assert r.status == 303, await r.text()
+    again_id = r.headers["Location"].removeprefix("/ui/builds/")
+    assert again_id != failed_id and str(uuid.UUID(again_id)) == again_id
+    again = await wait_for_status(client, again_id, ("succeeded", "failed"))
+    assert (again["ref"], again["erl_version"], again["requested_by"]) == ("1.0.0", "25",
+                                                                           "rebuild")
+    # Its errors are pages, as everywhere under /ui/.
+    unknown = str(uuid.uuid4())
+    r = await client.post(f"/ui/builds/{unknown}/rebuild", headers=HTML)
+    text = await r.text()
+    assert r.status == 404 and f"No such build: {unknown}" in text and "<h1>" in text
+    client.server.app[QUEUE].close_intake()
+    r = await client.post(f"/ui/builds/{failed_id}/rebuild", headers=HTML)
+    text = await r.text()
+    assert r.status == 503 and "shutting down" in text and "<h1>" in text
+
+
+async def test_request_form_mail_box_follows_the_mail_server(make_client: Any) -> None:
+    client = await make_client()  # no mail.host
+    text = await page(client, "/ui/request")
+    box = re.search(r'<input type="checkbox" id="notify_email"[^>]*>', text).group(0)
+    assert "checked" not in box and "disabled" in box
+    assert "no mail server is configured here" in text
+    client = await make_client(mail__host="127.0.0.1")
+    text = await page(client, "/ui/request")
+    box = re.search(r'<input type="checkbox" id="notify_email"[^>]*>', text).group(0)
+    assert " checked" in box and "disabled" not in box
+
+
+async def test_request_form_answers_json_errors_by_field(client: TestClient, make_repo: Any,
+                                                         db_conn: Any) -> None:
+    """What request.js gets: the no-JS form's checks and messages, every field's."""
+    json_accept = {"Accept": "application/json"}
+    r = await client.post("/ui/request", headers=json_accept, data={
+        "full_name": "nope", "clone_url": "ext::sh", "refs": "1.0 a..b", "erl_version": "x"})
+    assert r.status == 400
+    body = await r.json()
+    assert body["result"] is False
+    errors = body["errors"]
+    assert set(errors) == {"full_name", "clone_url", "refs", "erl_version"}, errors
+    assert errors["full_name"].startswith("Field 'full_name' must be")
+    assert "remote helpers" in errors["clone_url"]
+    assert errors["refs"].startswith("Tag is not a valid git tag (contains '..'")
+    assert body["response"] == "; ".join(errors.values())
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM repositories")
+        assert cur.fetchone()[0] == 0
+
+    url = make_repo("jsformed", projects.enot_project("jsformed"))
+    r = await client.post("/ui/request", headers=json_accept, data={
+        "full_name": "tester/jsformed", "clone_url": url, "refs": "1.0.0"})
+    assert r.status == 202, await r.text()
+    answer = (await r.json())["response"]
+    [queued] = answer["builds"]
+    assert answer["location"] == f"/ui/builds/{queued['build_id']}"
+    r = await client.post("/ui/request", headers=json_accept, data={
+        "full_name": "tester/jsformed", "clone_url": "https://github.com/tester/jsformed",
+        "refs": "1.0.0"})
+    assert r.status == 409
+    assert (await r.json())["errors"]["clone_url"].startswith("tester/jsformed is bound to")
+    await wait_for_status(client, queued["build_id"], ("succeeded", "failed"))
+
+
+async def test_page_styles(client: TestClient) -> None:
+    css = await (await client.get("/static/style.css")).text()
+    log_rule = re.search(r"pre\.log \{[^}]*\}", css).group(0)
+    # Long log lines wrap at spaces, and only words longer than the line are cut.
+    assert "white-space: pre-wrap" in log_rule and "overflow-wrap: anywhere" in log_rule
+    assert "break-all" not in log_rule
+    text = await page(client, "/ui/packages", q="x")
+    inputs = re.findall(r'<label>\w+ <input [^>]*></label>', text)
+    assert len(inputs) == 4 and not any("size=" in i for i in inputs)  # all as wide

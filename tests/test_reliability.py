@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ from enot_builder.app import create_app
 from enot_builder.keys import QUEUE
 
 from . import projects
-from .conftest import wait_for_status
+from .conftest import wait_for_message, wait_for_status
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -35,19 +36,70 @@ async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> 
         assert cur.fetchone()[0] == 0
 
 
-async def test_unreachable_host_is_retried_then_given_up(make_client: Any, db_conn: Any) -> None:
-    # No network here: github.com does not resolve, an infrastructure failure.
-    client = await make_client(builds__max_attempts=2, builds__retry_delay=1)
+UNRESOLVABLE = "https://nonexistent.invalid/tester/offline"  # .invalid never resolves
+
+
+async def test_unresolvable_host_is_retried_then_given_up(make_client: Any) -> None:
+    client = await make_client(builds__max_attempts=2, builds__retry_delay=1,
+                               git__allowed_hosts=["nonexistent.invalid"])
+    r = await client.post("/buildSync", json={
+        "full_name": "tester/offline", "clone_url": UNRESOLVABLE, "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422, await r.text()
+    [build] = (await r.json())["builds"]
+    failure = f"git clone of {UNRESOLVABLE} failed: cannot resolve host nonexistent.invalid (DNS)"
+    # The answer says what failed, that it was retried, and where the time went.
+    assert build["message"] == (f"{failure}; see the build log"
+                                " (gave up after 2 attempts, retried after 1 s)")
+    assert build["attempts"] == 2
+    assert (await r.json())["response"] == f"1 of 1 builds failed: tester/offline 1.0.0 " \
+                                           f"(Erlang ?): {build['message']}"
+    log = await (await client.get("/build_log", params={"build_id": build["build_id"]})).text()
+    assert "Could not resolve host: nonexistent.invalid" in log  # git's own words
+    assert "(attempt 1 of 2)" in log and "(attempt 2 of 2)" in log
+    assert f"[enot-builder] attempt 1 of 2 FAILED, retrying in 1 s: {failure}\n" in log
+    assert log.endswith(f"[enot-builder] FAILED: {failure}\n")
+    assert "see the build log" not in log  # it is the build log
+
+    # The page: the last attempt took no time; the wait was the first one and its retry.
+    text = await (await client.get(f"/ui/builds/{build['build_id']}")).text()
+    assert "(until attempt 2 started: the earlier attempts and the waits between them" in text
+    assert "(attempt 2 alone: the earlier ones failed)" in text
+
+
+async def test_a_build_waiting_for_its_retry_says_so(make_client: Any, db_conn: Any) -> None:
+    client = await make_client(builds__max_attempts=3, builds__retry_delay=600,
+                               git__allowed_hosts=["nonexistent.invalid"])
     r = await client.post("/buildAsync", json={
-        "full_name": "tester/offline", "clone_url": "https://github.com/tester/offline",
-        "versions": [{"ref": "1.0.0"}]})
+        "full_name": "tester/offline", "clone_url": UNRESOLVABLE, "versions": [{"ref": "1.0.0"}]})
     build_id = (await r.json())["response"][0]["build_id"]
-    build = await wait_for_status(client, build_id, ("failed",), timeout=60)
-    assert build["attempt"] == 2
-    assert "the host did not answer" in build["message"]
-    assert build["message"].endswith("(gave up after 2 attempts)")
-    log = await (await client.get("/build_log", params={"build_id": build_id})).text()
-    assert "(attempt 1)" in log and "(attempt 2)" in log
+    build = await wait_for_message(client, build_id, "attempt 1 of 3 failed")
+    assert build["status"] == "queued"
+    assert build["message"] == (
+        f"attempt 1 of 3 failed: git clone of {UNRESOLVABLE} failed: cannot resolve host "
+        "nonexistent.invalid (DNS); see the build log; retrying in 600 s")
+    text = await (await client.get(f"/ui/builds/{build_id}")).text()
+    assert f'<dd id="message">{build["message"]}</dd>' in text
+    assert re.search(r'<dd id="retry">attempt 2 of 3, at [0-9: -]+UTC \(in (9|10) min \d\d s\)</dd>',
+                     text), text
+
+
+async def test_out_of_memory_names_the_limit(make_client: Any, make_repo: Any) -> None:
+    # The Erlang VM reserves 1 GiB of address space as it starts: under a 600 MiB
+    # limit every erlc that enot runs dies of it. (A memory hog in a prebuild step
+    # would not do: enot ignores a failed prebuild step.)
+    client = await make_client(builds__memory_limit_mb=600)
+    url = make_repo("hog", projects.enot_project("hog"))
+    r = await client.post("/buildSync", json={"full_name": "tester/hog", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 422, await r.text()
+    [build] = (await r.json())["builds"]
+    limit = ("a process reached the limit of 600 MiB of address space per process "
+             "(builds.memory_limit_mb)")
+    assert build["message"] == f"enot package ran out of memory: {limit}; see the build log"
+    assert build["attempts"] == 1  # the package's doing: not retried
+    log = await (await client.get("/build_log", params={"build_id": build["build_id"]})).text()
+    assert "erts_mmap: Failed to create super carrier" in log
+    assert log.endswith(f"[enot-builder] FAILED: enot package ran out of memory: {limit}\n")
 
 
 async def test_compile_failure_is_not_retried(make_client: Any, make_repo: Any) -> None:

@@ -53,7 +53,7 @@ def _result(build: dict[str, Any]) -> dict[str, Any]:
     ok = build["status"] == "succeeded"
     return {"build_id": build["id"], "full_name": f"{build['namespace']}/{build['name']}",
             "ref": build["ref"], "erl_version": build["erl_version"], "result": ok,
-            "status": build["status"], "message": build["message"],
+            "status": build["status"], "message": build["message"], "attempts": build["attempt"],
             "artifact_path": f"/download/{build['id']}" if ok else None,
             "log": f"/build_log?build_id={build['id']}"}
 
@@ -61,12 +61,17 @@ def _result(build: dict[str, Any]) -> dict[str, Any]:
 async def rebuild(request: web.Request) -> web.Response:
     body = await validation.json_body(request)
     build_id = validation.build_id(body.get("build_id"))
-    async with cursor(request.app[POOL]) as cur:
+    return envelope(await queue_again(request.app, build_id), status=202)
+
+
+async def queue_again(app: web.Application, build_id: str) -> list[dict[str, Any]]:
+    """A build's repository, tag and release queued again (POST /rebuild, and the
+    Rebuild button of the build page)."""
+    async with cursor(app[POOL]) as cur:
         build = await store.get_build(cur, build_id)
     if build is None:
         raise ApiError(404, f"No such build: {build_id}")
     versions = [validation.VersionRequest(build["ref"], build["erl_version"])]
-    queued = await submit(request.app, BuildRequest(
+    return await submit(app, BuildRequest(
         build["namespace"], build["name"], build["clone_url"], versions,
         notify_email=build["notify_email"], requested_by="rebuild"))
-    return envelope(queued, status=202)

@@ -21,8 +21,9 @@ from aiohttp import web
 from .. import store, validation
 from ..db import cursor
 from ..errors import ApiError
-from ..keys import BUILDER, POOL
+from ..keys import BUILDER, CONFIG, POOL
 from .badge import version_key
+from .build import queue_again
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -31,6 +32,9 @@ QUEUE_PAGE = 200
 SEARCH_PAGE = 100
 LOG_TAIL = 256 * 1024
 MAX_QUERY = 100
+# Browsers and feed readers ask for /favicon.ico on their own: a week in their caches
+# spares the requests, and a new icon still shows within days.
+ICON_MAX_AGE = 7 * 24 * 3600
 
 
 def setup(app: web.Application) -> None:
@@ -39,6 +43,7 @@ def setup(app: web.Application) -> None:
     env.filters["when"] = when
     env.filters["size"] = size
     env.globals["duration"] = duration
+    env.globals["until"] = until
     env.globals["terminal"] = store.TERMINAL
 
 
@@ -61,6 +66,10 @@ def duration(start: datetime | None, end: datetime | None = None) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
+def until(moment: datetime) -> str:
+    return duration(datetime.now(UTC), moment)
+
+
 def size(value: int | None) -> str:
     if value is None:
         return "–"
@@ -72,6 +81,11 @@ def size(value: int | None) -> str:
 
 
 # --- pages ------------------------------------------------------------------------
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "favicon.ico",
+                            headers={"Cache-Control": f"public, max-age={ICON_MAX_AGE}"})
+
 
 @aiohttp_jinja2.template("home.html")
 async def home(request: web.Request) -> dict[str, Any]:
@@ -145,7 +159,10 @@ def matrix(cells: list[dict[str, Any]], active: list[dict[str, Any]]) -> dict[st
     refs = sorted({ref for ref, _ in grid} | {b["ref"] for b in pending},
                   key=version_key, reverse=True)
     releases = sorted({erl for _, erl in grid}, key=_release_key, reverse=True)
-    return {"refs": refs, "releases": releases, "grid": grid, "pending": pending}
+    # `enot fetch` only gets a version some build of which succeeded.
+    installable = {ref for (ref, _), cell in grid.items() if cell["success_build_id"]}
+    return {"refs": refs, "releases": releases, "grid": grid, "pending": pending,
+            "installable": installable}
 
 
 def _release_key(release: str) -> tuple[int, str]:
@@ -164,7 +181,19 @@ async def build(request: web.Request) -> dict[str, Any]:
         siblings = await store.sibling_builds(cur, build_id)
     log_text = await asyncio.to_thread(_log_tail, request.app[BUILDER].logs_dir,
                                        found["log_path"])
-    return {"build": found, "position": position, "siblings": siblings, "log": log_text}
+    # Queued again after a failed attempt, and not to be taken before not_before.
+    retry_at = found["not_before"] if found["status"] == "queued" and found["not_before"] \
+        and found["not_before"] > datetime.now(UTC) else None
+    return {"build": found, "position": position, "siblings": siblings, "log": log_text,
+            "retry_at": retry_at, "max_attempts": request.app[CONFIG].builds.max_attempts}
+
+
+async def rebuild(request: web.Request) -> web.Response:
+    """The Rebuild button of a failed build's page: what POST /rebuild does, then the
+    new build's page (errors are pages, like every error under /ui/)."""
+    build_id = validation.build_id(request.match_info["build_id"], "build id")
+    queued = await queue_again(request.app, build_id)
+    raise web.HTTPSeeOther(f"/ui/builds/{queued[0]['build_id']}")
 
 
 def _log_tail(logs_dir: Path, log_path: str | None) -> str | None:

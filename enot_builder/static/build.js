@@ -13,14 +13,22 @@
     return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
   }
 
+  // Each attempt starts with "[enot-builder] build …"; one that will be retried ends
+  // with "… FAILED, retrying in …": after that the build waits in the queue again.
+  function showStatus() {
+    var text = log.textContent;
+    var attempt = text.lastIndexOf("[enot-builder] build ");
+    if (attempt === -1 || !statusEl) return;
+    var status = text.lastIndexOf(" FAILED, retrying in ") > attempt ? "queued" : "running";
+    statusEl.textContent = status;
+    statusEl.className = "status status-" + status;
+  }
+
   function append(text) {
     var stick = nearBottom();
     if (!started) { log.textContent = ""; started = true; }
     log.textContent += text;
-    if (text.indexOf("[enot-builder] build ") !== -1 && statusEl) {
-      statusEl.textContent = "running";
-      statusEl.className = "status status-running";
-    }
+    showStatus();
     if (stick) log.scrollTop = log.scrollHeight;
   }
 

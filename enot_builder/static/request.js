@@ -1,43 +1,77 @@
-// Sends the build request form to the JSON API (POST /buildAsync) and opens the build
-// page. Without JavaScript the form posts to /ui/request, which does the same.
+// Sends the build request form to POST /ui/request asking for JSON, shows each
+// field's error next to its field (the same checks and messages as without
+// JavaScript, where the server renders them), and opens the build page.
 (function () {
   "use strict";
   var form = document.getElementById("request-form");
-  if (!form || !window.fetch) return;
-  var errorBox = document.getElementById("form-error");
+  if (!form || !window.fetch || !window.FormData) return;
+  var FORM_ERROR = "form";
 
-  function showError(message) {
-    // The API names JSON fields; the form has one field of tags.
-    errorBox.textContent = message.replace(/Field 'versions\[\d+\]\.ref'/g, "Tag");
-    errorBox.hidden = false;
+  // Where the server's page puts a field's error: right after the field.
+  function errorElement(field) {
+    var input = form.elements[field];
+    if (field === FORM_ERROR || !input) return document.getElementById(FORM_ERROR + "-error");
+    var element = document.createElement("p");
+    element.className = "field-error";
+    element.id = field + "-error";
+    input.insertAdjacentElement("afterend", element);
+    return element;
+  }
+
+  function clearErrors() {
+    Array.prototype.forEach.call(form.querySelectorAll(".field-error"), function (element) {
+      element.remove();
+    });
+    Array.prototype.forEach.call(form.querySelectorAll("[aria-invalid]"), function (input) {
+      input.removeAttribute("aria-invalid");
+      input.removeAttribute("aria-describedby");
+    });
+    var box = document.getElementById(FORM_ERROR + "-error");
+    box.textContent = "";
+    box.hidden = true;
+  }
+
+  function showErrors(errors) {
+    var first = null;
+    Object.keys(errors).forEach(function (field) {
+      var element = errorElement(field);
+      element.textContent = errors[field];
+      element.hidden = false;
+      var input = field === FORM_ERROR ? null : form.elements[field];
+      if (input && input.setAttribute) {
+        input.setAttribute("aria-invalid", "true");
+        input.setAttribute("aria-describedby", element.id);
+        first = first || input;
+      }
+    });
+    if (first) first.focus();
   }
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    var erl = form.elements.erl_version.value;
-    var refs = form.elements.refs.value.split(/[\s,]+/).filter(Boolean);
-    var body = {
-      full_name: form.elements.full_name.value.trim(),
-      clone_url: form.elements.clone_url.value.trim(),
-      versions: refs.map(function (ref) { return erl ? {ref: ref, erl_version: erl} : {ref: ref}; }),
-      notify_email: form.elements.notify_email.checked
-    };
     var button = form.querySelector("button[type=submit]");
     button.disabled = true;
-    fetch("/buildAsync", {
+    fetch(form.action, {
       method: "POST",
-      headers: {"Content-Type": "application/json", "Accept": "application/json"},
-      body: JSON.stringify(body)
+      headers: {"Accept": "application/json"},
+      body: new URLSearchParams(new FormData(form))
     }).then(function (response) {
+      var type = response.headers.get("Content-Type") || "";
+      if (type.indexOf("application/json") !== 0) {
+        throw new Error("The server answered HTTP " + response.status + "; try again");
+      }
       return response.json().then(function (answer) {
-        if (!response.ok || !answer.result) throw new Error(answer.response || ("HTTP " + response.status));
-        var builds = answer.response;
-        window.location.href = builds.length === 1
-          ? "/ui/builds/" + builds[0].build_id
-          : "/ui/packages/" + body.full_name;
+        clearErrors();
+        if (response.ok && answer.result) {
+          window.location.href = answer.response.location;
+          return;
+        }
+        showErrors(answer.errors || {form: answer.response});
+        button.disabled = false;
       });
     }).catch(function (error) {
-      showError(error.message);
+      clearErrors();
+      showErrors({form: error.message});
       button.disabled = false;
     });
   });
