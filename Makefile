@@ -1,10 +1,12 @@
 # enot-builder: `make run` to start a server, `make test` to run the test suite.
 # Both install everything first; `make install` is the install part alone.
 
-PYTHON    ?= python3
-# enot runs inside the build sandbox as an unprivileged user, so its Python must be
-# one that user can read: the system one when there is one.
-ENOT_PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+# Both virtualenvs are made on the system Python when there is one: the service user
+# runs the server from .venv (systemd/enot-builder.service), the build user runs enot
+# from .venv-enot inside the sandbox, and neither can read a pyenv Python under /root.
+SYSTEM_PYTHON := $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+PYTHON    ?= $(SYSTEM_PYTHON)
+ENOT_PYTHON ?= $(SYSTEM_PYTHON)
 VENV      := .venv
 ENOT_VENV := .venv-enot
 CONFIG    ?=
@@ -47,21 +49,30 @@ system-deps:  ## install missing Debian packages (git, Erlang, PostgreSQL, bubbl
 	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SYSTEM_USER); \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# $(call stale,<venv>,<python>): FORCE when <venv> was made on another Python (an
+# older checkout used the first python3 on PATH): it is then made again from scratch.
+stale = $(shell [ -f $(1)/pyvenv.cfg ] && ! grep -qxF "home = $$(dirname "$$($(2) -c 'import sys; print(sys.executable)')")" $(1)/pyvenv.cfg && echo FORCE)
+VENV_STALE := $(call stale,$(VENV),$(PYTHON))
+ENOT_VENV_STALE := $(call stale,$(ENOT_VENV),$(ENOT_PYTHON))
+FORCE:
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(VENV_STALE)
+	$(PYTHON) -m venv $(if $(VENV_STALE),--clear) $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
 # enot 2.1.8 lives in a virtualenv of its own: its dependency erl_terms needs an
 # old setuptools and no build isolation, and pins parsimonious 0.7, which does not
-# import on Python 3.11 (collections.Mapping); parsimonious>=0.10 works.
-$(ENOT_VENV)/.installed:
-	$(ENOT_PYTHON) -m venv $(ENOT_VENV)
-	$(ENOT_VENV)/bin/pip install -q 'setuptools<58' wheel
-	$(ENOT_VENV)/bin/pip install -q --no-build-isolation erl_terms==0.1.5
-	$(ENOT_VENV)/bin/pip install -q enot==2.1.8
-	$(ENOT_VENV)/bin/pip install -q 'parsimonious>=0.10,<1'
+# import on Python 3.11 (collections.Mapping); parsimonious>=0.10 works. So their
+# dependencies go in first, with parsimonious>=0.10, then enot and erl_terms without
+# theirs: pip then has no conflict to report (an alarming ERROR on every install).
+ENOT_DEPENDENCIES := 'parsimonious>=0.10,<1' docopt gitpython artifactory appdirs boto3 \
+	Jinja2 mock pytest tinydb requests requests-mock
+$(ENOT_VENV)/.installed: $(ENOT_VENV_STALE)
+	$(ENOT_PYTHON) -m venv $(if $(ENOT_VENV_STALE),--clear) $(ENOT_VENV)
+	$(ENOT_VENV)/bin/pip install -q 'setuptools<58' wheel $(ENOT_DEPENDENCIES)
+	$(ENOT_VENV)/bin/pip install -q --no-build-isolation --no-deps erl_terms==0.1.5 enot==2.1.8
 	$(ENOT_VENV)/bin/python -c 'import enot.__main__'
 	touch $@
 
