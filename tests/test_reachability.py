@@ -18,7 +18,7 @@ import pytest
 
 from enot_builder.config import PROJECT_ROOT
 
-from .conftest import missing_prerequisite, world_readable_tempdir
+from .conftest import free_port, missing_prerequisite, world_readable_tempdir
 from .test_cli import CLI, run
 
 ROOT = os.geteuid() == 0
@@ -70,9 +70,9 @@ def test_check_names_the_closed_directory_above_the_data_dir(closed_dir: Path) -
 
 def test_serve_refuses_to_start_before_creating_the_cluster(closed_dir: Path) -> None:
     close(closed_dir)
-    result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=60,
                             cwd=PROJECT_ROOT, env=env_with(storage_data_dir=str(closed_dir / "data"),
-                                                           server_port="1"))
+                                                           server_port=str(free_port())))
     assert result.returncode == 1, result.stderr
     refusal = [line for line in result.stderr.splitlines() if line.startswith("enot-builder: ")]
     assert len(refusal) == 1, result.stderr
@@ -88,9 +88,9 @@ def test_serve_with_a_dsn_refuses_a_data_dir_builds_cannot_reach(
     if not ROOT:
         pytest.skip("builds run as the server's own user unless it is root")
     close(closed_dir)
-    result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=60,
                             cwd=PROJECT_ROOT, env=env_with(storage_data_dir=str(closed_dir / "data"),
-                                                           database_dsn=pg_dsn, server_port="1"))
+                                                           database_dsn=pg_dsn, server_port=str(free_port())))
     assert result.returncode == 1, result.stderr
     refusal = [line for line in result.stderr.splitlines() if line.startswith("enot-builder: ")]
     assert len(refusal) == 1, result.stderr
