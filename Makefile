@@ -34,7 +34,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: help install system-deps test-deps run test bench bench-deps lint clean
+.PHONY: help install system-deps test-deps run demo test bench bench-deps lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -81,6 +81,9 @@ run: install  ## install, migrate and serve on 127.0.0.1:8080
 	$(VENV)/bin/enot-builder migrate $(if $(CONFIG),--config $(CONFIG))
 	exec $(VENV)/bin/enot-builder serve $(if $(CONFIG),--config $(CONFIG))
 
+demo: install  ## offline walk-through: a tagged local repository built, then fetched by enot
+	$(VENV)/bin/python demo/run.py $(DEMO_ARGS)
+
 # The browser test drives Debian's chromium (never a browser Playwright downloads).
 # Without root it cannot be installed here: say so and go on; that test then skips.
 test-deps:  ## install chromium for the browser test (as root; skipped otherwise)
@@ -105,7 +108,7 @@ bench-deps:
 
 lint:  ## ruff over the package and tests
 	$(VENV)/bin/pip install -q ruff
-	$(VENV)/bin/ruff check enot_builder tests bench
+	$(VENV)/bin/ruff check enot_builder tests bench demo
 
 clean:  ## remove the virtualenvs and build output (keeps data/)
 	rm -rf $(VENV) $(ENOT_VENV) build *.egg-info
