@@ -82,19 +82,27 @@ def build_problems(config: Config, toolchain: Toolchain) -> list[str]:
     # the way down to it is the operator's.
     needs = [Need(config.data_dir, "the data directory, where builds work", (),
                   _data_remedy(config))]
+    # What each directory bubblewrap binds in is, and what to do about it.
+    known: dict[Path, tuple[str, str]] = {}
+    for installation in toolchain.erlangs.values():
+        known[installation.root.resolve()] = ("an Erlang/OTP installation",
+                                              "install Erlang/OTP under /opt or /usr/local")
     if toolchain.enot is not None:
-        venv = toolchain.enot.resolve().parent.parent
-        needs.append(Need(toolchain.enot.resolve(), "the enot tool", ("-r", "-x"),
-                          _remedy(toolchain.enot.resolve(), "install enot where builds can read it")))
+        enot = toolchain.enot.resolve()
+        venv = enot.parent.parent
+        install_enot = _remedy(enot, "install enot where builds can read it (under /opt)")
+        needs.append(Need(enot, "the enot tool", ("-r", "-x"), install_enot))
+        known[venv] = ("enot's virtualenv", install_enot)
         home = _venv_home(venv)
         if home is not None:
-            python = (venv / "bin" / "python").resolve()
-            needs.append(Need(python, "the Python enot runs on", ("-x",),
-                              "make enot's virtualenv on the system Python "
-                              "(`make clean install` uses /usr/bin/python3)"))
+            system_python = ("make enot's virtualenv on the system Python "
+                             "(`make clean install` uses /usr/bin/python3)")
+            needs.append(Need((venv / "bin" / "python").resolve(), "the Python enot runs on",
+                              ("-x",), system_python))
+            known[home.parent.resolve()] = ("the Python enot runs on", system_python)
     for path in sandbox.tool_paths:
-        needs.append(Need(path, "a directory builds use", ("-r", "-x"),
-                          _remedy(path, "install it under /opt or /usr/local")))
+        what, remedy = known.get(path, ("a directory builds use", "move it under /opt"))
+        needs.append(Need(path, what, ("-r", "-x"), remedy))
     return problems(Who("build user", user, init_groups=False), needs)
 
 
@@ -112,12 +120,15 @@ def problems(who: Who, needs: list[Need]) -> list[str]:
     failed = _run_tests(who, tests)
     if isinstance(failed, str):
         return [failed]
-    found = []
+    # Needs closed by the same directory make one line: one thing to do.
+    blocked: dict[tuple[Path, str, str], list[Need]] = {}
     for index, need in enumerate(needs):
         first = next(((flag, path) for i, flag, path in failed if i == index), None)
         if first is not None:
-            found.append(_message(who, need, *first))
-    return found
+            flag, path = first
+            blocked.setdefault((path, *_closure(need, flag, path)), []).append(need)
+    return [_message(who, group, path, action, fix)
+            for (path, action, fix), group in blocked.items()]
 
 
 def require(found: list[str]) -> None:
@@ -148,20 +159,26 @@ def _run_tests(who: Who, tests: list[tuple[int, str, Path]]) -> list[tuple[int, 
     return failed
 
 
-def _message(who: Who, need: Need, flag: str, blocked: Path) -> str:
+def _closure(need: Need, flag: str, blocked: Path) -> tuple[str, str]:
+    """How `blocked` is closed to the user, and the command that opens it."""
+    if blocked.is_dir() and (blocked != _existing(need.path) or "-r" not in need.flags):
+        return "may not pass through", f"chmod o+x {blocked}"
+    if blocked.is_dir():
+        return "may not read", f"chmod -R o+rX {blocked}"
+    return "may not read or run", f"chmod o+rx {blocked}"
+
+
+def _message(who: Who, needs: list[Need], blocked: Path, action: str, fix: str) -> str:
     try:
         info = blocked.stat()
         shown = f"{stat.filemode(info.st_mode)} {_owner(info.st_uid)}"
     except OSError as e:
         shown = e.strerror or "unreadable"
-    if blocked.is_dir() and (blocked != _existing(need.path) or "-r" not in need.flags):
-        action, fix = "may not pass through", f"chmod o+x {blocked}"
-    elif blocked.is_dir():
-        action, fix = "may not read", f"chmod -R o+rX {blocked}"
-    else:
-        action, fix = "may not read or run", f"chmod o+rx {blocked}"
-    return (f"{who.describe()} cannot reach {need.path} ({need.what}): it {action} {blocked} "
-            f"({shown}); {need.remedy}, or open it: {fix}")
+    targets = [f"{need.path} ({need.what})" for need in needs]
+    listed = targets[0] if len(targets) == 1 else f"{', '.join(targets[:-1])} and {targets[-1]}"
+    remedies = " or ".join(dict.fromkeys(need.remedy for need in needs))
+    return (f"{who.describe()} cannot reach {listed}: it {action} {blocked} ({shown}); "
+            f"{remedies}, or open it: {fix}")
 
 
 def _existing(path: Path) -> Path:
