@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -154,15 +155,15 @@ def fetch(base: Path, url: str) -> None:
         raise SystemExit("demo: enot fetch put no hello.beam into the cache")
 
 
-def stop(server: subprocess.Popen[bytes]) -> None:
-    step("6. Stop the server (SIGTERM: running builds finish, PostgreSQL stops)")
+def stop(server: subprocess.Popen[bytes]) -> int:
+    """SIGTERM: running builds finish, PostgreSQL stops. Prints nothing: it also runs
+    when the demo fails, and stdout may be gone (`make demo | head`)."""
     server.send_signal(signal.SIGTERM)
     try:
-        server.wait(timeout=60)
+        return server.wait(timeout=60)
     except subprocess.TimeoutExpired:
         server.kill()
-        server.wait()
-    print(f"stopped (exit status {server.returncode})")
+        return server.wait()
 
 
 def main() -> int:
@@ -178,6 +179,8 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = None
+    # Killed (SIGTERM) or interrupted, the demo still stops its server: via finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         clone_url = make_repository(base)
         config = write_config(base, port)
@@ -185,14 +188,19 @@ def main() -> int:
         wait_ready(server, url, base / "server.log")
         build(url, clone_url)
         fetch(base, url)
+        step("6. Stop the server (SIGTERM: running builds finish, PostgreSQL stops)")
+        code, server = stop(server), None
+        print(f"stopped (exit status {code})")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left
+        return 1
     finally:
         if server is not None:
             stop(server)
-        if args.keep:
-            print(f"\nkept {base}")
-        else:
+        if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    print("\ndemo done: built by the server, fetched by the enot client, nothing downloaded")
+    print(f"\nkept {base}" if args.keep else "")
+    print("demo done: built by the server, fetched by the enot client, nothing downloaded")
     return 0
 
 
