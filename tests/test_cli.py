@@ -120,3 +120,26 @@ def test_systemd_unit_keeps_out_what_breaks_bubblewrap() -> None:
     assert {"user", "mnt", "pid", "ipc", "uts", "net", "cgroup"} <= namespaces
     assert settings["CapabilityBoundingSet"] == ""  # the unit never runs the server as root
     assert settings["User"] != "root"
+
+
+def test_every_package_file_is_packaged_without_a_setuptools_warning() -> None:
+    """Each directory of the package is a listed package (setuptools warns "Package
+    ... is absent from the `packages` configuration" otherwise) and each file in it is
+    Python or matched by package_data, so a new template or static file ships too."""
+    import fnmatch
+
+    from setuptools.config.setupcfg import read_configuration
+
+    options = read_configuration(PROJECT_ROOT / "setup.cfg")["options"]
+    packages, package_data = set(options["packages"]), options["package_data"]
+    root = PROJECT_ROOT / "enot_builder"
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        if directory.name == "__pycache__":
+            continue
+        package = ".".join(directory.relative_to(PROJECT_ROOT).parts)
+        assert package in packages, f"{package} is not in setup.cfg's packages"
+        for path in directory.iterdir():
+            if path.is_file() and path.suffix not in (".py", ".pyc"):
+                assert any(fnmatch.fnmatch(path.name, pattern)
+                           for pattern in package_data.get(package, [])), \
+                    f"{path.relative_to(PROJECT_ROOT)} is not in setup.cfg's package_data"
