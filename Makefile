@@ -1,16 +1,19 @@
 # enot-builder: `make run` to start a server, `make test` to run the test suite.
 # Both install everything first; `make install` is the install part alone.
 
-PYTHON    ?= python3
-# enot runs inside the build sandbox as an unprivileged user, so its Python must be
-# one that user can read: the system one when there is one.
-ENOT_PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+# Both virtualenvs are made on the system Python when there is one: the service user
+# runs the server from .venv (systemd/enot-builder.service), the build user runs enot
+# from .venv-enot inside the sandbox, and neither can read a pyenv Python under /root.
+SYSTEM_PYTHON := $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+PYTHON    ?= $(SYSTEM_PYTHON)
+ENOT_PYTHON ?= $(SYSTEM_PYTHON)
 VENV      := .venv
 ENOT_VENV := .venv-enot
 CONFIG    ?=
 SYSTEM_USER := enot-builder
-# gcc and libc6-dev: enot compiles the C of packages with NIFs.
-APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv gcc libc6-dev make
+# gcc and libc6-dev: enot compiles the C of packages with NIFs. systemd: the unit in
+# systemd/ is checked with systemd-analyze (verify, security) by the tests.
+APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv gcc libc6-dev make systemd
 BENCH_APT_PACKAGES := nginx-light wrk curl
 
 # $(call apt_install,<packages>,<what for>): install the missing Debian packages with
@@ -31,7 +34,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: help install system-deps test-deps run test bench bench-deps lint clean
+.PHONY: help install system-deps test-deps run demo test bench bench-deps lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,27 +50,39 @@ system-deps:  ## install missing Debian packages (git, Erlang, PostgreSQL, bubbl
 	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SYSTEM_USER); \
 	fi
 
-$(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# $(call stale,<venv>,<python>): FORCE when <venv> was made on another Python (an
+# older checkout used the first python3 on PATH): it is then made again from scratch.
+stale = $(shell [ -f $(1)/pyvenv.cfg ] && ! grep -qxF "home = $$(dirname "$$($(2) -c 'import sys; print(sys.executable)')")" $(1)/pyvenv.cfg && echo FORCE)
+VENV_STALE := $(call stale,$(VENV),$(PYTHON))
+ENOT_VENV_STALE := $(call stale,$(ENOT_VENV),$(ENOT_PYTHON))
+FORCE:
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(VENV_STALE)
+	$(PYTHON) -m venv $(if $(VENV_STALE),--clear) $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
 # enot 2.1.8 lives in a virtualenv of its own: its dependency erl_terms needs an
 # old setuptools and no build isolation, and pins parsimonious 0.7, which does not
-# import on Python 3.11 (collections.Mapping); parsimonious>=0.10 works.
-$(ENOT_VENV)/.installed:
-	$(ENOT_PYTHON) -m venv $(ENOT_VENV)
-	$(ENOT_VENV)/bin/pip install -q 'setuptools<58' wheel
-	$(ENOT_VENV)/bin/pip install -q --no-build-isolation erl_terms==0.1.5
-	$(ENOT_VENV)/bin/pip install -q enot==2.1.8
-	$(ENOT_VENV)/bin/pip install -q 'parsimonious>=0.10,<1'
+# import on Python 3.11 (collections.Mapping); parsimonious>=0.10 works. So their
+# dependencies go in first, with parsimonious>=0.10, then enot and erl_terms without
+# theirs: pip then has no conflict to report (an alarming ERROR on every install).
+ENOT_DEPENDENCIES := 'parsimonious>=0.10,<1' docopt gitpython artifactory appdirs boto3 \
+	Jinja2 mock pytest tinydb requests requests-mock
+$(ENOT_VENV)/.installed: $(ENOT_VENV_STALE)
+	$(ENOT_PYTHON) -m venv $(if $(ENOT_VENV_STALE),--clear) $(ENOT_VENV)
+	$(ENOT_VENV)/bin/pip install -q 'setuptools<58' wheel $(ENOT_DEPENDENCIES)
+	$(ENOT_VENV)/bin/pip install -q --no-build-isolation --no-deps erl_terms==0.1.5 enot==2.1.8
 	$(ENOT_VENV)/bin/python -c 'import enot.__main__'
 	touch $@
 
 run: install  ## install, migrate and serve on 127.0.0.1:8080
 	$(VENV)/bin/enot-builder migrate $(if $(CONFIG),--config $(CONFIG))
 	exec $(VENV)/bin/enot-builder serve $(if $(CONFIG),--config $(CONFIG))
+
+demo: install  ## offline walk-through: a tagged local repository built, then fetched by enot
+	$(VENV)/bin/python demo/run.py $(DEMO_ARGS)
 
 # The browser test drives Debian's chromium (never a browser Playwright downloads).
 # Without root it cannot be installed here: say so and go on; that test then skips.
@@ -93,7 +108,7 @@ bench-deps:
 
 lint:  ## ruff over the package and tests
 	$(VENV)/bin/pip install -q ruff
-	$(VENV)/bin/ruff check enot_builder tests bench
+	$(VENV)/bin/ruff check enot_builder tests bench demo
 
 clean:  ## remove the virtualenvs and build output (keeps data/)
 	rm -rf $(VENV) $(ENOT_VENV) build *.egg-info

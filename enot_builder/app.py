@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import db, pgcluster, toolchains
+from . import db, pgcluster, reachability, toolchains
 from .api import pages
 from .builder import Builder
 from .cache_socket import cache_socket
@@ -57,6 +57,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     cluster = None
     dsn = config.database.dsn
     if not dsn:
+        reachability.require(await asyncio.to_thread(reachability.cluster_problems, config))
         cluster = pgcluster.for_config(config.data_dir, config.database.cluster_user)
         await asyncio.to_thread(cluster.ensure_started)
         dsn = cluster.dsn
@@ -77,6 +78,9 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     found = await asyncio.to_thread(toolchains.discover, config)
     for problem in found.problems(config):
         log.warning("cannot build: %s", problem)
+    # A build user who cannot reach the tools would fail every build, each with the
+    # reason only in its log: refuse to start instead.
+    reachability.require(await asyncio.to_thread(reachability.build_problems, config, found))
     app[TOOLCHAIN] = found
     app[TOOL_VERSIONS] = await asyncio.to_thread(toolchains.tool_versions, found)
     app[BUILDER] = Builder(config, found, Sandbox(config.builds, found, protected=(config.data_dir,)))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from aiohttp import web
 
-from . import __version__, db, github, pgcluster, toolchains, validation
+from . import __version__, db, github, pgcluster, reachability, toolchains, validation
 from . import config as config_module
 from .app import create_app
 from .errors import ApiError
@@ -41,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         return webhook_secret(config, args.repository)
     try:
         return {"serve": serve, "migrate": migrate, "check": check}[args.command](config)
-    except (db.SchemaError, pgcluster.ClusterError) as e:
+    except (db.SchemaError, pgcluster.ClusterError, reachability.ReachabilityError) as e:
         print(f"enot-builder: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`check | head -1`): stop quietly, and keep Python's
+        # final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 
@@ -57,6 +63,7 @@ def migrate(config: config_module.Config) -> int:
         dsn = config.database.dsn
         cluster = None
         if not dsn:
+            reachability.require(reachability.cluster_problems(config))
             cluster = pgcluster.for_config(config.data_dir, config.database.cluster_user)
             started = await asyncio.to_thread(cluster.ensure_started)
             dsn = cluster.dsn
@@ -107,13 +114,14 @@ def check(config: config_module.Config) -> int:
                   f"[{installation.source}]{default}")
     else:
         print("erlang:     MISSING")
-    problems = found.problems(config)
+    problems = found.problems(config) + reachability.build_problems(config, found)
     if config.database.dsn:
         print("postgresql: configured DSN")
     else:
         try:
             print(f"postgresql: private cluster in {config.data_dir / 'pg'} "
                   f"with {pgcluster.find_pg_bin()}")
+            problems += reachability.cluster_problems(config)
         except pgcluster.ClusterError as e:
             problems.append(str(e))
     for problem in problems:

@@ -208,3 +208,10 @@ def running_processes(pattern: str) -> list[str]:
     """Command lines of live processes containing `pattern` (for leak checks)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()[1:] if pattern in line and "ps -eo" not in line]
+
+
+def missing_prerequisite(message: str) -> None:
+    """Skip a test whose prerequisite this machine lacks; under CI (`CI` set) fail it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: prerequisites must be installed)")
+    pytest.skip(message)

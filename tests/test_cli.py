@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from enot_builder.config import PROJECT_ROOT
+
+from .conftest import missing_prerequisite
 
 CLI = [sys.executable, "-m", "enot_builder"]
 
@@ -69,21 +70,76 @@ def test_migrate_command(pg_dsn: str) -> None:
         result.stdout.startswith("applied migrations:")
 
 
+def unit_text() -> str:
+    return (PROJECT_ROOT / "systemd" / "enot-builder.service").read_text()
+
+
+def local_unit(tmp_path: Path) -> Path:
+    """The unit with its paths pointed at this checkout (verify needs them to exist)."""
+    if shutil.which("systemd-analyze") is None:
+        missing_prerequisite("systemd-analyze is not installed (Debian package systemd; "
+                             "make install adds it)")
+    path = tmp_path / "enot-builder.service"
+    path.write_text(unit_text().replace("/opt/enot-builder", str(PROJECT_ROOT)))
+    return path
+
+
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    unit = (PROJECT_ROOT / "systemd" / "enot-builder.service").read_text()
+    unit = unit_text()
     assert "User=enot-builder" in unit
     assert "ExecStart=/opt/enot-builder/.venv/bin/enot-builder serve" in unit
     stop = int(unit.split("TimeoutStopSec=")[1].split()[0])
     from enot_builder.config import ServerConfig
     assert stop > ServerConfig().shutdown_grace + 10
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
-    # verify needs the binaries it names to exist: point them at this checkout.
-    local = unit.replace("/opt/enot-builder", str(PROJECT_ROOT))
-    path = tmp_path / "enot-builder.service"
-    path.write_text(local)
+    path = local_unit(tmp_path)
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
                             text=True, timeout=60)
     problems = [line for line in result.stderr.splitlines()
                 if "enot-builder.service" in line and "Failed to" not in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
+    """`systemd-analyze security` (offline: no running systemd needed) scores under 5."""
+    path = local_unit(tmp_path)
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                             str(path)], capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for enot-builder.service: ([0-9.]+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert float(found.group(1)) < 5, result.stdout
+
+
+def test_systemd_unit_keeps_out_what_breaks_bubblewrap() -> None:
+    """Each of these fails every build (the unit's comments say how): never add them."""
+    settings = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit_text().splitlines()
+                if "=" in line and not line.startswith("#")}
+    for breaking in ("ProtectKernelTunables", "ProtectKernelLogs", "ProtectHostname", "ProcSubset",
+                     "PrivateUsers", "MemoryDenyWriteExecute", "PrivateNetwork"):
+        assert breaking not in settings, breaking
+    namespaces = set(settings["RestrictNamespaces"].split())
+    assert {"user", "mnt", "pid", "ipc", "uts", "net", "cgroup"} <= namespaces
+    assert settings["CapabilityBoundingSet"] == ""  # the unit never runs the server as root
+    assert settings["User"] != "root"
+
+
+def test_every_package_file_is_packaged_without_a_setuptools_warning() -> None:
+    """Each directory of the package is a listed package (setuptools warns "Package
+    ... is absent from the `packages` configuration" otherwise) and each file in it is
+    Python or matched by package_data, so a new template or static file ships too."""
+    import fnmatch
+
+    from setuptools.config.setupcfg import read_configuration
+
+    options = read_configuration(PROJECT_ROOT / "setup.cfg")["options"]
+    packages, package_data = set(options["packages"]), options["package_data"]
+    root = PROJECT_ROOT / "enot_builder"
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        if directory.name == "__pycache__":
+            continue
+        package = ".".join(directory.relative_to(PROJECT_ROOT).parts)
+        assert package in packages, f"{package} is not in setup.cfg's packages"
+        for path in directory.iterdir():
+            if path.is_file() and path.suffix not in (".py", ".pyc"):
+                assert any(fnmatch.fnmatch(path.name, pattern)
+                           for pattern in package_data.get(package, [])), \
+                    f"{path.relative_to(PROJECT_ROOT)} is not in setup.cfg's package_data"
