@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -154,6 +155,62 @@ def make_client(aiohttp_client: Any, pg_dsn: str, data_dir: Path,
         app = create_app(make_config(pg_dsn, data_dir, **overrides))
         return await aiohttp_client(app, server_kwargs={"port": port})
     return make
+
+
+def require(present: bool, missing: str) -> None:
+    """Skip a test whose prerequisite is missing here; under CI (`CI` set), fail it.
+
+    A green CI must mean every test ran: `make test-deps` installs what tests need.
+    """
+    if present:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {missing}", pytrace=False)
+    pytest.skip(missing, allow_module_level=True)
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 60,
+                     every: float = 0.1) -> Any:
+    """Poll `check` (a function or coroutine function) until it returns something truthy;
+    return that. Past `timeout` seconds fail, saying `what` never happened and what
+    `check` last returned."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > end:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        await asyncio.sleep(every)
+
+
+def eventually_sync(check: Callable[[], Any], what: str, timeout: float = 60,
+                    every: float = 0.1) -> Any:
+    """eventually() for tests that are not coroutines."""
+    end = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        time.sleep(every)
+
+
+async def no_process_left(pattern: str, timeout: float = 30) -> None:
+    """Wait until no process matching `pattern` is alive (they die asynchronously)."""
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = running_processes(pattern)
+        return not left
+    try:
+        await eventually(gone, f"processes matching {pattern!r} still alive", timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {left}") from None
 
 
 async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str, ...],

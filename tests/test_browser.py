@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
+from .conftest import require
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -22,11 +23,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="Playwright is not installed: pip install -e '.[test]'")
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} is missing: `make test-deps` as root installs Debian's chromium",
-                allow_module_level=True)
+try:
+    import playwright.async_api as playwright_api
+except ImportError:
+    playwright_api = None
+require(playwright_api is not None, "Playwright is not installed: pip install -e '.[test]'")
+require(os.access(CHROMIUM, os.X_OK),
+        f"{CHROMIUM} is missing: `make test-deps` as root installs Debian's chromium")
 
 
 @pytest.fixture

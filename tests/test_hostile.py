@@ -31,7 +31,7 @@ from enot_builder.db import cursor
 from enot_builder.keys import BUILDER, POOL
 
 from . import projects
-from .conftest import running_processes, world_readable_tempdir
+from .conftest import no_process_left, require, running_processes, world_readable_tempdir
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # The server must answer while a hostile build runs, and quickly.
@@ -90,8 +90,8 @@ def own_build_user() -> str:
     shared `nobody`, other builds on the machine would eat a small limit, and a bomb
     given a large one would starve them.
     """
-    if os.geteuid() != 0:
-        pytest.skip("builds run as the server's own user unless the server is root")
+    require(os.geteuid() == 0, "a build user of its own needs the tests to run as root "
+                               "(builds run as the server's own user otherwise)")
     name = "enot-builder-bomb"
     try:
         pwd.getpwnam(name)
