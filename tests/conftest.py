@@ -233,6 +233,32 @@ async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str
         await asyncio.sleep(0.2)
 
 
+async def settled(client: TestClient, timeout: float = 180) -> None:
+    """Wait until nothing is left to happen: no build queued or running (in any process),
+    every claimed build followed up (dependencies queued, reports handed to the mailer)
+    and the mailer idle. Then "nothing more came" can be asserted."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.keys import MAILER, POOL, QUEUE
+
+    app: web.Application = client.server.app
+
+    last: dict[str, Any] = {}
+
+    async def quiet() -> bool:
+        # Idle first, then the table: a follow-up that queues a build is in hand until
+        # the row exists, so no build can slip between the two looks.
+        last.update(queue_idle=app[QUEUE].idle, mailer_idle=app[MAILER].idle)
+        async with cursor(app[POOL]) as cur:
+            last.update(await store.queue_counts(cur))
+        return last == {"queued": 0, "running": 0, "queue_idle": True, "mailer_idle": True}
+
+    try:
+        await eventually(quiet, "the server settling", timeout, every=0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last}") from None
+
+
 async def one_running_one_queued(client: TestClient, make_repo: Callable[..., str],
                                  seconds: int = 3) -> tuple[str, str]:
     """On a one-worker server: a build kept running `seconds`, and one queued behind it."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from . import projects
-from .conftest import wait_for_status
+from .conftest import settled, wait_for_status
 
 
 def dep(name: str, tag: str = "1.0.0") -> dict[str, str]:
@@ -22,19 +21,18 @@ async def mirrored(make_client: Any, repos_dir: Path) -> TestClient:
 
 
 async def settle(client: TestClient, db_conn: Any, expected: int, timeout: float = 180) -> dict:
-    """Wait until `expected` builds exist and none is pending; return name -> builds."""
-    for _ in range(int(timeout * 5)):
-        with db_conn.cursor() as cur:
-            cur.execute("SELECT r.name, b.status, b.requested_by, b.priority FROM builds b"
-                        " JOIN repositories r ON r.id = b.repository_id ORDER BY b.created_at")
-            rows = cur.fetchall()
-        if len(rows) >= expected and all(s not in ("queued", "running") for _, s, _, _ in rows):
-            by_name: dict[str, list] = {}
-            for name, status, by, priority in rows:
-                by_name.setdefault(name, []).append((status, by, priority))
-            return by_name
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"builds did not settle: {rows}")
+    """Wait until nothing is pending and every follow-up is done (no dependency is still
+    to be queued); check there are `expected` builds; return name -> builds."""
+    await settled(client, timeout)
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT r.name, b.status, b.requested_by, b.priority FROM builds b"
+                    " JOIN repositories r ON r.id = b.repository_id ORDER BY b.created_at")
+        rows = cur.fetchall()
+    assert len(rows) == expected, rows
+    by_name: dict[str, list] = {}
+    for name, status, by, priority in rows:
+        by_name.setdefault(name, []).append((status, by, priority))
+    return by_name
 
 
 async def test_three_level_chain_then_top_fetches_from_server(
@@ -65,7 +63,6 @@ async def test_three_level_chain_then_top_fetches_from_server(
     log = await (await client.get("/build_log", params={"build_id": again})).text()
     assert "Extract /tmp/enot/middle.ep" in log, log
     assert "fetch /tmp/enot/middle" not in log, log
-    await asyncio.sleep(0.5)
     assert (await settle(client, db_conn, 4))["middle"] == builds["middle"]  # not rebuilt
 
 

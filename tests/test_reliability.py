@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient
 from enot_builder import config as config_module
 from enot_builder import pgcluster
 from enot_builder.app import create_app
-from enot_builder.keys import QUEUE
+from enot_builder.keys import BUILDER, QUEUE
 
 from . import projects
-from .conftest import require, wait_for_status
+from .conftest import eventually, require, wait_for_status
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -147,7 +147,13 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
     r = await client.get("/last_builds")
     assert r.status == 503
     assert (await r.json())["response"] == "The database is unavailable; try again shortly"
-    await asyncio.sleep(5)  # the build ends while the database is away
+    # The build ends while the database is away: its log (on disk) says so.
+    log_path = client.server.app[BUILDER].log_path(build_id)
+
+    def ended() -> bool:
+        text = log_path.read_text() if log_path.exists() else ""
+        return "[enot-builder] SUCCESS: " in text or "[enot-builder] FAILED: " in text
+    await eventually(ended, f"build {build_id} ending while the database is away", 120)
     await asyncio.to_thread(cluster.ensure_started)
     build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=90)
     assert build["status"] == "succeeded", build["message"]

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from . import http, projects
-from .conftest import free_port, running_processes
+from .conftest import eventually_sync, free_port, running_processes
 
 SERVER = [sys.executable, "-m", "enot_builder"]
 
@@ -100,16 +100,14 @@ def test_sigkill_mid_build_then_restart_completes_it(server: Server, make_repo: 
     assert status == 202, body
     build_id = body["response"][0]["build_id"]
     wait_status(db_conn, build_id, {"running"})
-    time.sleep(1.5)  # well inside enot's prebuild step
-    assert running_processes("sleep 6"), "the build should be running"
+    # Killed well inside enot's prebuild step: once its sleep runs.
+    eventually_sync(lambda: running_processes("sleep 6"), "the build's sleep 6 starting")
 
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     # No build subprocess outlives the server: the sandbox dies with its parent.
-    deadline = time.monotonic() + 5
-    while running_processes("sleep 6") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running_processes("sleep 6") == []
+    eventually_sync(lambda: not running_processes("sleep 6"),
+                    "the build's processes dying with the server", 30)
     assert build_status(db_conn, build_id) == "running"  # as the dead process left it
 
     server.start()
@@ -132,11 +130,11 @@ def test_sigterm_requeues_a_build_that_outlives_the_grace(server: Server, make_r
         "full_name": "tester/patient", "clone_url": url, "versions": [{"ref": "1.0.0"}]})
     build_id = body["response"][0]["build_id"]
     wait_status(db_conn, build_id, {"running"})
-    time.sleep(1)
+    eventually_sync(lambda: running_processes("sleep 30"), "the build's sleep 30 starting")
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0
     assert build_status(db_conn, build_id) == "queued"
-    assert running_processes("sleep 30") == []
+    assert running_processes("sleep 30") == []  # stopped before the server exited
 
 
 def test_sigterm_lets_a_short_build_finish(server: Server, make_repo: Any, db_conn: Any,
