@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +19,7 @@ from enot_builder.app import create_app
 from enot_builder.keys import BUILDER, QUEUE
 
 from . import projects
-from .conftest import eventually, require, wait_for_status
+from .conftest import eventually, no_process_left, require, running_processes, wait_for_status
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -75,6 +77,29 @@ async def test_watchdog_fails_a_build_stuck_past_its_timeout(make_client: Any,
         build_id = cur.fetchone()[0]
     build = await wait_for_status(client, build_id, ("failed",), timeout=20)
     assert build["message"].startswith("stopped by the watchdog")
+
+
+async def test_watchdog_stops_an_overrunning_build_of_its_own(make_client: Any,
+                                                               make_repo: Any) -> None:
+    # The builder's own time limit is moved out of the way (as if its supervision had
+    # hung): only the watchdog, at timeout 1 s + margin 1 s, can stop this build.
+    client = await make_client(builds__timeout=1, builds__watchdog_margin=1, builds__workers=1)
+    builder = client.server.app[BUILDER]
+    builder.config = dataclasses.replace(
+        builder.config, builds=dataclasses.replace(builder.config.builds, timeout=3600))
+    tag = uuid.uuid4().hex[:12]
+    url = make_repo("overrun", projects.enot_project("overrun",
+                                                     prebuild=[f"sleep 3600 # {tag}"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/overrun", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await eventually(lambda: running_processes(tag), "the build's sleep starting")
+    build = await wait_for_status(client, build_id, ("failed", "succeeded"), timeout=60)
+    assert build["status"] == "failed"
+    assert build["message"] == ("stopped by the watchdog: still running 1 s past its time "
+                                "limit of 1 s")
+    await no_process_left(tag)
+    assert client.server.app[QUEUE].running == []
 
 
 async def test_artifact_store_write_error_fails_cleanly(make_client: Any, make_repo: Any,
