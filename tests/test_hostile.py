@@ -186,9 +186,21 @@ async def test_server_config_and_environment_stay_secret(
              "/proc/*/cmdline; ls -la / /etc /tmp /proc; cat /etc/gitconfig /etc/shadow; "
              f"ls -laR {data_dir} {data_dir.parent}; cat {data_dir}/logs/*/* ; "
              "find / -xdev -name '*.toml' 2>/dev/null")
+    # What the probe can see, said plainly: each server path hidden or visible, the
+    # names in its environment, PID 1's environment, every command line it can see.
+    server_paths = [conf, conf.parent, data_dir, data_dir / "logs", Path("/etc/shadow"),
+                    Path("/root"), Path(os.environ.get("VIRTUAL_ENV", "/nonexistent-venv"))]
+    census = [
+        f'for p in {" ".join(map(str, server_paths))}; do '
+        f'if [ -e "$p" ]; then echo "visible-{tag}:$p"; else echo "hidden-{tag}:$p"; fi; done',
+        f'echo "env-names-{tag}: $(env | cut -d= -f1 | sort | tr "\\n" " ")"',
+        f'echo "pid1-env-{tag}: $(tr "\\0" " " < /proc/1/environ)"',
+        f'echo "cmdlines-{tag}: $(cat /proc/[0-9]*/cmdline | tr "\\0" " ")"',
+    ]
     url = make_repo("snoop", projects.enot_project("snoop", prebuild=[
         probe,
         f"mkdir -p priv && ({probe}) > priv/loot.txt 2>&1",
+        *census,
         f"echo probe-ran-{tag}",
     ]))
     build, log = await hostile_build(client, "snoop", url)
@@ -196,6 +208,21 @@ async def test_server_config_and_environment_stay_secret(
     # whatever the probe could find, in its log and in its artifact.
     assert build["status"] == "succeeded", build["message"]
     assert f"probe-ran-{tag}" in log  # the probe ran, and its output is in the log
+    # ...and could read nothing of the server's: every path hidden,
+    lines = {line.split(": ", 1)[0]: line.split(": ", 1)[-1] for line in log.splitlines()}
+    for path in server_paths:
+        assert f"hidden-{tag}:{path}" in log, f"{path} is visible to the build"
+    assert f"visible-{tag}" not in log.replace(f'"visible-{tag}', "")
+    # no variable of the server's environment (only what the builder and its tools set),
+    names = set(lines[f"env-names-{tag}"].split())
+    shared = names & set(os.environ) - {"PATH", "HOME", "LANG", "TERM", "PWD", "SHLVL", "_"}
+    assert shared == set(), f"the build sees the server's {shared}"
+    assert "DATABASE_PASSWORD" not in names
+    # PID 1 (the sandbox's own init) holds nothing but the sandbox's PATH,
+    assert lines[f"pid1-env-{tag}"].strip() == "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+    # and no process of the server's is in view.
+    assert "pytest" not in lines[f"cmdlines-{tag}"]
+    assert "postgres" not in lines[f"cmdlines-{tag}"]
     artifact = await artifact_bytes(client, str(build["id"]))
     assert b"DATABASE_PASSWORD" not in artifact and "DATABASE_PASSWORD" not in log
     assert b"priv/loot.txt" in artifact
