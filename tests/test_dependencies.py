@@ -7,6 +7,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from enot_builder import dependencies, store
+from enot_builder.db import cursor
+from enot_builder.keys import CONFIG, POOL, QUEUE
+
 from . import projects
 from .conftest import settled, wait_for_status
 
@@ -122,3 +126,41 @@ async def test_without_network_dependencies_come_from_the_server(
     assert r.status == 200, log
     assert "Extract /tmp/enot/offleaf.ep" in log
     assert "fetch /tmp/enot/offleaf" not in log  # not cloned: there is no network
+
+
+async def test_dependency_cycle_stops(make_client: Any, make_repo: Any, repos_dir: Path,
+                                      db_conn: Any) -> None:
+    """ping 1.0.0 needs pong 1.0.0, which needs ping 1.0.0.
+
+    enot itself cannot build such a pair from source (it recurses until it fails), so
+    the first half is that failure, ending with nothing queued. The second half is the
+    server's side of a cycle, on real rows: once ping 1.0.0 is built, pong's follow-up
+    meets it and queues nothing, while a dependency not built yet is queued.
+    """
+    make_repo("tester/ping", projects.enot_project("ping", deps=[dep("pong")]))
+    make_repo("tester/pong", projects.enot_project("pong", deps=[dep("ping")]))
+    client = await mirrored(make_client, repos_dir)
+    r = await client.post("/buildAsync", json={"full_name": "tester/ping",
+                                               "clone_url": "https://github.com/tester/ping",
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    builds = await settle(client, db_conn, 1)
+    assert builds == {"ping": [("failed", "api", 10)]}
+
+    # The server's side, on real rows: ping 1.0.0 pending again (the workers stopped,
+    # so it stays queued), pong's follow-up meets it and queues nothing; a dependency
+    # with no build here (pang) is queued.
+    make_repo("tester/pang", projects.enot_project("pang"))
+    app = client.server.app
+    await app[QUEUE].stop(0)
+    async with cursor(app[POOL]) as cur:
+        repo = await store.bind_repository(cur, "tester", "ping",
+                                           "https://github.com/tester/ping", False)
+        await store.enqueue_build(cur, repository_id=repo["id"], ref="1.0.0", erl_version="25")
+    pong = {"namespace": "tester", "name": "pong", "ref": "1.0.0", "erl_version": "25"}
+    queued = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], pong, [("https://github.com/tester/ping", "1.0.0")])
+    assert queued == []
+    queued = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], pong, [("https://github.com/tester/pang", "1.0.0")])
+    assert len(queued) == 1
