@@ -50,13 +50,20 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+# The build of a commit holding `gate` prints tick 1, then waits (at most a minute) until
+# the test creates `go` in its work directory (/build inside the sandbox), then ticks on:
+# the page is seen following a log that is, for certain, still being written.
+GATED = ("if [ -e gate ]; then echo tick 1; for i in $(seq 600); do "
+         "[ -e /build/go ] && break; sleep 0.1; done; fi; echo tick 2")
+
+
 async def test_search_browse_and_request_a_build(client: TestClient, make_repo: Any,
-                                                 browser_page: Any) -> None:
+                                                 browser_page: Any, data_dir: Path) -> None:
     page = browser_page
     expect = playwright_api.expect
-    url = make_repo("hello", projects.enot_project(
-        "hello", prebuild=["for i in 1 2 3 4; do echo tick $i; sleep 1; done"]),
-        tag="1.0.0", extra_tags=("1.1.0",))
+    url = make_repo("hello", projects.enot_project("hello", prebuild=[GATED]), tag="1.0.0")
+    projects.add_commit(url, {"gate": "the build of 1.1.0 waits for the test\n"}, "1.1.0",
+                        projects.AUTHOR_EMAIL)
     r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
                                               "versions": [{"ref": "1.0.0"}]})
     assert r.status == 200, await r.text()
@@ -97,8 +104,16 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
 
     # The build page follows the log live, then shows the result.
     await expect(page.locator("#log")).to_contain_text("tick 1", timeout=60_000)
-    assert "tick 4" not in await page.locator("#log").inner_text()
+    await expect(page.locator("#status")).to_have_text("running")
+    assert "tick 2" not in await page.locator("#log").inner_text()
     await shot(page, "5-build-running")
+    build_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    # A mark on this document: the new lines must reach it by streaming, not by the
+    # no-JavaScript fallback reloading the page.
+    await page.evaluate("window.sameDocument = true")
+    (data_dir / "work" / build_id / "go").touch()
+    await expect(page.locator("#log")).to_contain_text("tick 2", timeout=60_000)
+    assert await page.evaluate("window.sameDocument === true"), "the page was reloaded"
     await expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
     await expect(page.locator("#log")).to_contain_text("SUCCESS")
     await expect(page.locator("#download")).to_have_text("hello.ep")
