@@ -97,8 +97,11 @@ test-deps:  ## install what the browser and systemd tests need (as root; CI fail
 test: install test-deps  ## install and run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: install bench-deps  ## run the benchmark suite against a real server (about 5 min; see bench/README.md)
-	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+# The figures in bench/RESULTS.md come from this run's JSON only (bench/report.py),
+# naming the commit and the machine: commit both files together.
+bench: install bench-deps  ## run the benchmark suite, write bench/RESULTS.md (about 5 min; see bench/README.md)
+	$(VENV)/bin/python -m bench --json bench/results.json $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.report bench/results.json -o bench/RESULTS.md
 
 bench-deps:
 	$(call apt_install,$(BENCH_APT_PACKAGES), for the bench)
