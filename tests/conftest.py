@@ -259,10 +259,23 @@ async def settled(client: TestClient, timeout: float = 180) -> None:
         raise AssertionError(f"{e}: {last}") from None
 
 
-async def one_running_one_queued(client: TestClient, make_repo: Callable[..., str],
-                                 seconds: int = 3) -> tuple[str, str]:
-    """On a one-worker server: a build kept running `seconds`, and one queued behind it."""
-    slow = make_repo("slow", projects.enot_project("slow", prebuild=[f"sleep {seconds}"]))
+# A build step that holds the build until the test opens the gate (open_gate), or two
+# minutes have passed: "still running" then is a fact, not a race against a sleep.
+GATE = "for i in $(seq 1200); do [ -e /build/go ] && break; sleep 0.1; done"
+
+
+def open_gate(client: TestClient, build_id: str) -> None:
+    """Let a build held at GATE go on (its work directory is /build inside the sandbox)."""
+    from enot_builder.keys import BUILDER
+
+    (client.server.app[BUILDER].work_root / build_id / "go").touch()
+
+
+async def one_running_one_queued(client: TestClient,
+                                 make_repo: Callable[..., str]) -> tuple[str, str]:
+    """On a one-worker server: a build held running at GATE (open_gate lets it end), and
+    one queued behind it."""
+    slow = make_repo("slow", projects.enot_project("slow", prebuild=[GATE]))
     fast = make_repo("fast", projects.enot_project("fast"))
     r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
                                                "versions": [{"ref": "1.0.0"}]})

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
-from .conftest import require
+from .conftest import GATE, open_gate, require
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -50,15 +50,14 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-# The build of a commit holding `gate` prints tick 1, then waits (at most a minute) until
-# the test creates `go` in its work directory (/build inside the sandbox), then ticks on:
-# the page is seen following a log that is, for certain, still being written.
-GATED = ("if [ -e gate ]; then echo tick 1; for i in $(seq 600); do "
-         "[ -e /build/go ] && break; sleep 0.1; done; fi; echo tick 2")
+# The build of a commit holding `gate` prints tick 1, then waits until the test opens
+# the gate, then ticks on: the page is seen following a log that is, for certain, still
+# being written.
+GATED = f"if [ -e gate ]; then echo tick 1; {GATE}; fi; echo tick 2"
 
 
 async def test_search_browse_and_request_a_build(client: TestClient, make_repo: Any,
-                                                 browser_page: Any, data_dir: Path) -> None:
+                                                 browser_page: Any) -> None:
     page = browser_page
     expect = playwright_api.expect
     url = make_repo("hello", projects.enot_project("hello", prebuild=[GATED]), tag="1.0.0")
@@ -111,7 +110,7 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
     # A mark on this document: the new lines must reach it by streaming, not by the
     # no-JavaScript fallback reloading the page.
     await page.evaluate("window.sameDocument = true")
-    (data_dir / "work" / build_id / "go").touch()
+    open_gate(client, build_id)
     await expect(page.locator("#log")).to_contain_text("tick 2", timeout=60_000)
     assert await page.evaluate("window.sameDocument === true"), "the page was reloaded"
     await expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)

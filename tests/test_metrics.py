@@ -11,7 +11,7 @@ from enot_builder import metrics
 from enot_builder.app import create_app
 
 from . import projects
-from .conftest import make_config, one_running_one_queued, wait_for_status
+from .conftest import make_config, one_running_one_queued, open_gate, wait_for_status
 
 
 async def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -126,6 +126,7 @@ async def test_queue_depth_and_running_builds(make_client: Any, make_repo: Any) 
     assert value(samples, "enot_builder_queue_depth", status="queued") == 1
     assert value(samples, "enot_builder_queue_depth", status="running") == 1
     assert value(samples, "enot_builder_running_builds") == 1
+    open_gate(client, slow_id)
     await wait_for_status(client, fast_id, ("succeeded", "failed"))
     samples = await scrape(client)
     assert value(samples, "enot_builder_queue_depth", status="queued") == 0
