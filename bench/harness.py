@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,7 @@ class WrkResult:
     # CPU time per request of the server process and of its PostgreSQL, when watched.
     server_us: float | None = None
     postgres_us: float | None = None
+    rounds_rps: list[float] = field(default_factory=list)  # every round's, when kept as best
 
     def summary(self) -> str:
         cpu = ""

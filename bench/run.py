@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=1000, help="deliveries in the burst")
     parser.add_argument("--clients", type=int, default=50, help="clients of the big download")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the big artifact")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the results as JSON (bench/report.py makes "
+                             "RESULTS.md from it)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -94,11 +96,32 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers:
                 s.stop()
     elapsed = time.monotonic() - started
-    report = render(rows, machine(), elapsed)
+    info = machine()
+    report = render(rows, info, elapsed)
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps([row.__dict__ for row in rows], indent=2))
+        document = {
+            "commit": commit(),
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "elapsed_seconds": round(elapsed),
+            "arguments": vars(args),
+            "machine": info,
+            "rows": [row.__dict__ for row in rows],
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 1 if any(row.passed is None and row.note.startswith("error") for row in rows) else 0
+
+
+def commit() -> dict[str, object]:
+    """The commit measured, and whether the work tree differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                              cwd=Path(__file__).resolve().parent.parent).stdout.rstrip("\n")
+    # Porcelain lines are "XY path": the status letters may begin with a space.
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
+               .splitlines() if not line.endswith(("bench/RESULTS.md", "bench/results.json"))]
+    return {"sha": git("rev-parse", "HEAD"), "subject": git("log", "-1", "--format=%s"),
+            "date": git("log", "-1", "--format=%cI"), "uncommitted_changes": changed}
 
 
 def _guard(name: str, run) -> list[Row]:  # type: ignore[no-untyped-def]

@@ -77,6 +77,12 @@ class Mailer:
         self.stats = MailStats()
         self._outbox: asyncio.Queue[EmailMessage] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._delivering = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being delivered (or retried)."""
+        return self._outbox.empty() and not self._delivering
 
     @property
     def enabled(self) -> bool:
@@ -105,11 +111,13 @@ class Mailer:
     async def _deliver_forever(self) -> None:
         while True:
             message = await self._outbox.get()
+            self._delivering = True
             try:
                 await self._deliver(message)
             except Exception:  # one bad message must not stop the mailer
                 log.exception("cannot mail %s", message["To"])
             finally:
+                self._delivering = False
                 self._outbox.task_done()
 
     async def _deliver(self, message: EmailMessage) -> None:

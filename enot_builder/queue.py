@@ -52,6 +52,7 @@ class BuildQueue:
         self._killed: set[str] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._in_hand = 0  # builds claimed here and not yet built and followed up
         self.metrics = metrics
 
     @property
@@ -65,6 +66,12 @@ class BuildQueue:
     @property
     def running(self) -> list[str]:
         return list(self._running)
+
+    @property
+    def idle(self) -> bool:
+        """No build in hand: none being built, none whose follow-up (dependencies, mail)
+        is still to come. What tests wait on before asserting that nothing followed."""
+        return self._in_hand == 0
 
     async def start(self) -> None:
         async with cursor(self.pool) as cur:
@@ -126,6 +133,7 @@ class BuildQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.get(), POLL_SECONDS)
                 continue
+            self._in_hand += 1
             try:
                 await self._build(build)
             except asyncio.CancelledError:
@@ -139,6 +147,8 @@ class BuildQueue:
                     cur, build_id, worker=worker, succeeded=False,
                     message="internal error of the build server; it has been logged"), tries=3)
                 self._announce()
+            finally:
+                self._in_hand -= 1
 
     async def _build(self, build: dict[str, Any]) -> None:
         build_id = str(build["id"])

@@ -130,7 +130,8 @@ class Sandbox:
                   "--core=0", "--"]
         env_args = ["env", "-i", *(f"{k}={v}" for k, v in clean_env.items())]
         if not self.isolated:
-            return [*outer, *limits, *env_args, *argv]
+            # No bwrap --chdir here: the step starts in `cwd` through env's own.
+            return [*outer, *limits, "env", "-i", f"--chdir={cwd}", *env_args[2:], *argv]
         if self.toolchain.bwrap is None:
             raise SandboxError("bubblewrap (bwrap) is not installed, and builds without a "
                                'sandbox are not allowed ([builds] sandbox = "none" with '

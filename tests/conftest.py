@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -156,6 +157,62 @@ def make_client(aiohttp_client: Any, pg_dsn: str, data_dir: Path,
     return make
 
 
+def require(present: bool, missing: str) -> None:
+    """Skip a test whose prerequisite is missing here; under CI (`CI` set), fail it.
+
+    A green CI must mean every test ran: `make test-deps` installs what tests need.
+    """
+    if present:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {missing}", pytrace=False)
+    pytest.skip(missing, allow_module_level=True)
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 60,
+                     every: float = 0.1) -> Any:
+    """Poll `check` (a function or coroutine function) until it returns something truthy;
+    return that. Past `timeout` seconds fail, saying `what` never happened and what
+    `check` last returned."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > end:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        await asyncio.sleep(every)
+
+
+def eventually_sync(check: Callable[[], Any], what: str, timeout: float = 60,
+                    every: float = 0.1) -> Any:
+    """eventually() for tests that are not coroutines."""
+    end = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        time.sleep(every)
+
+
+async def no_process_left(pattern: str, timeout: float = 30) -> None:
+    """Wait until no process matching `pattern` is alive (they die asynchronously)."""
+    left: list[str] = []
+
+    def gone() -> bool:
+        left[:] = running_processes(pattern)
+        return not left
+    try:
+        await eventually(gone, f"processes matching {pattern!r} still alive", timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {left}") from None
+
+
 async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str, ...],
                           timeout: float = 120) -> dict[str, Any]:
     """Wait until the build reaches one of `statuses`; return its row."""
@@ -190,10 +247,49 @@ async def wait_for_build(client: TestClient, build_id: str,
         await asyncio.sleep(0.2)
 
 
-async def one_running_one_queued(client: TestClient, make_repo: Callable[..., str],
-                                 seconds: int = 3) -> tuple[str, str]:
-    """On a one-worker server: a build kept running `seconds`, and one queued behind it."""
-    slow = make_repo("slow", projects.enot_project("slow", prebuild=[f"sleep {seconds}"]))
+async def settled(client: TestClient, timeout: float = 180) -> None:
+    """Wait until nothing is left to happen: no build queued or running (in any process),
+    every claimed build followed up (dependencies queued, reports handed to the mailer)
+    and the mailer idle. Then "nothing more came" can be asserted."""
+    from enot_builder import store
+    from enot_builder.db import cursor
+    from enot_builder.keys import MAILER, POOL, QUEUE
+
+    app: web.Application = client.server.app
+
+    last: dict[str, Any] = {}
+
+    async def quiet() -> bool:
+        # Idle first, then the table: a follow-up that queues a build is in hand until
+        # the row exists, so no build can slip between the two looks.
+        last.update(queue_idle=app[QUEUE].idle, mailer_idle=app[MAILER].idle)
+        async with cursor(app[POOL]) as cur:
+            last.update(await store.queue_counts(cur))
+        return last == {"queued": 0, "running": 0, "queue_idle": True, "mailer_idle": True}
+
+    try:
+        await eventually(quiet, "the server settling", timeout, every=0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last}") from None
+
+
+# A build step that holds the build until the test opens the gate (open_gate), or two
+# minutes have passed: "still running" then is a fact, not a race against a sleep.
+GATE = "for i in $(seq 1200); do [ -e /build/go ] && break; sleep 0.1; done"
+
+
+def open_gate(client: TestClient, build_id: str) -> None:
+    """Let a build held at GATE go on (its work directory is /build inside the sandbox)."""
+    from enot_builder.keys import BUILDER
+
+    (client.server.app[BUILDER].work_root / build_id / "go").touch()
+
+
+async def one_running_one_queued(client: TestClient,
+                                 make_repo: Callable[..., str]) -> tuple[str, str]:
+    """On a one-worker server: a build held running at GATE (open_gate lets it end), and
+    one queued behind it."""
+    slow = make_repo("slow", projects.enot_project("slow", prebuild=[GATE]))
     fast = make_repo("fast", projects.enot_project("fast"))
     r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
                                                "versions": [{"ref": "1.0.0"}]})
@@ -208,10 +304,3 @@ def running_processes(pattern: str) -> list[str]:
     """Command lines of live processes containing `pattern` (for leak checks)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()[1:] if pattern in line and "ps -eo" not in line]
-
-
-def missing_prerequisite(message: str) -> None:
-    """Skip a test whose prerequisite this machine lacks; under CI (`CI` set) fail it."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set: prerequisites must be installed)")
-    pytest.skip(message)

@@ -18,7 +18,8 @@ APP_SRC_TEMPLATE = (
 
 def git_repo(path: Path, files: dict[str, str], tag: str | None = "1.0.0",
              extra_tags: tuple[str, ...] = (), branch: str | None = None,
-             symlinks: dict[str, str] | None = None) -> str:
+             symlinks: dict[str, str] | None = None,
+             author_email: str = AUTHOR_EMAIL) -> str:
     """Create a repository at `path` with `files` (and `symlinks`: name -> target)
     committed and tagged; return its URL."""
     path.mkdir(parents=True)
@@ -29,11 +30,7 @@ def git_repo(path: Path, files: dict[str, str], tag: str | None = "1.0.0",
     for name, link_target in (symlinks or {}).items():
         (path / name).unlink(missing_ok=True)
         (path / name).symlink_to(link_target)
-    env = {"GIT_AUTHOR_NAME": "Author", "GIT_AUTHOR_EMAIL": AUTHOR_EMAIL,
-           "GIT_COMMITTER_NAME": "Author", "GIT_COMMITTER_EMAIL": AUTHOR_EMAIL,
-           "HOME": str(path), "PATH": "/usr/bin:/bin"}
-    run = lambda *args: subprocess.run(["git", *args], cwd=path, env=env, check=True,  # noqa: E731
-                                       capture_output=True)
+    run = _git(path, author_email)
     run("init", "-q", "-b", "main")
     run("add", "-A")
     run("commit", "-q", "-m", "initial")
@@ -42,6 +39,25 @@ def git_repo(path: Path, files: dict[str, str], tag: str | None = "1.0.0",
     if branch:
         run("branch", branch)
     return f"file://{path}"
+
+
+def add_commit(url: str, files: dict[str, str], tag: str, author_email: str) -> None:
+    """Commit `files` on top of the repository at `url` as `author_email`, and tag it."""
+    path = Path(url.removeprefix("file://"))
+    for name, content in files.items():
+        (path / name).write_text(content)
+    run = _git(path, author_email)
+    run("add", "-A")
+    run("commit", "-q", "-m", f"release {tag}")
+    run("tag", tag)
+
+
+def _git(path: Path, author_email: str) -> Any:
+    env = {"GIT_AUTHOR_NAME": "Author", "GIT_AUTHOR_EMAIL": author_email,
+           "GIT_COMMITTER_NAME": "Author", "GIT_COMMITTER_EMAIL": author_email,
+           "HOME": str(path), "PATH": "/usr/bin:/bin"}
+    return lambda *args: subprocess.run(["git", *args], cwd=path, env=env, check=True,
+                                        capture_output=True)
 
 
 def enot_project(name: str, vsn: str = "1.0.0", erlang: list[str] | None = None,

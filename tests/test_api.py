@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
+from .conftest import wait_for_status
 
 
 @pytest.fixture
@@ -22,16 +24,22 @@ async def built(client: TestClient, make_repo: Any) -> dict[str, Any]:
     return {"url": url, "ids": ids}
 
 
-async def test_search_answers_package_builds(client: TestClient, built: dict[str, Any]) -> None:
+async def test_search_answers_package_builds(client: TestClient, built: dict[str, Any],
+                                             db_conn: Any) -> None:
     r = await client.get("/search", params={"name": "lister", "version": "1.0.0"})
     assert r.status == 200, await r.text()
     body = await r.json()
     [doc] = body["response"]
     build_id = built["ids"]["1.0.0"]
+    # build_date is when the build finished, as the database recorded it.
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT finished_at FROM builds WHERE id = %s", (build_id,))
+        finished_at = cur.fetchone()[0]
+    assert finished_at is not None
     assert doc == {"build_id": build_id, "namespace": "ns1", "name": "lister", "success": True,
                    "path": f"/download/{build_id}", "build_date": doc["build_date"],
                    "version": "1.0.0", "erl_version": "25"}
-    assert doc["build_date"]
+    assert datetime.datetime.fromisoformat(doc["build_date"]) == finished_at
     r = await client.get("/search", params={"name": "lister", "namespace": "other"})
     assert (await r.json()) == {"result": True, "response": []}
     r = await client.get("/search", params={"name": "lister", "erl_version": "25"})
@@ -69,12 +77,30 @@ async def test_versions_and_builds_filters(client: TestClient, built: dict[str, 
 
 
 async def test_get_downloads_newest_matching(client: TestClient, built: dict[str, Any]) -> None:
+    # A second build of 1.1.0 (a rebuild: a repeated request answers the first one).
+    old_id = built["ids"]["1.1.0"]
+    r = await client.post("/rebuild", json={"build_id": old_id})
+    assert r.status == 202, await r.text()
+    new_id = (await r.json())["response"][0]["build_id"]
+    done = await wait_for_status(client, new_id, ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["message"]
+    old = await client.get(f"/download/{old_id}")
+    new = await client.get(f"/download/{new_id}")
+    assert old.status == new.status == 200
+    # The two artifacts are two files: their ETags (mtime and size) tell them apart.
+    assert old.headers["ETag"] != new.headers["ETag"]
+
     r = await client.post("/get", json={"full_name": "ns1/lister",
                                         "versions": [{"ref": "1.1.0", "erl_version": "25"}]})
     assert r.status == 200, await r.text()
     assert r.headers["Content-Disposition"] == 'attachment; filename="lister.ep"'
-    direct = await client.get(f"/download/{built['ids']['1.1.0']}")
-    assert await r.read() == await direct.read()
+    assert r.headers["ETag"] == new.headers["ETag"], "not the newest build of 1.1.0"
+    assert await r.read() == await new.read()
+    # The other tag still answers its own (only) build.
+    r = await client.post("/get", json={"full_name": "ns1/lister",
+                                        "versions": [{"ref": "1.0.0", "erl_version": "25"}]})
+    direct = await client.get(f"/download/{built['ids']['1.0.0']}")
+    assert r.headers["ETag"] == direct.headers["ETag"]
     r = await client.post("/get", json={"full_name": "ns1/lister",
                                         "versions": [{"ref": "3.0.0", "erl_version": "25"}]})
     assert r.status == 404

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
-from .conftest import wait_for_message
+from .conftest import GATE, open_gate, require, wait_for_message
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -23,11 +23,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="Playwright is not installed: pip install -e '.[test]'")
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} is missing: `make test-deps` as root installs Debian's chromium",
-                allow_module_level=True)
+try:
+    import playwright.async_api as playwright_api
+except ImportError:
+    playwright_api = None
+require(playwright_api is not None, "Playwright is not installed: pip install -e '.[test]'")
+require(os.access(CHROMIUM, os.X_OK),
+        f"{CHROMIUM} is missing: `make test-deps` as root installs Debian's chromium")
 
 
 @pytest.fixture
@@ -48,13 +50,19 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+# The build of a commit holding `gate` prints tick 1, then waits until the test opens
+# the gate, then ticks on: the page is seen following a log that is, for certain, still
+# being written.
+GATED = f"if [ -e gate ]; then echo tick 1; {GATE}; fi; echo tick 2"
+
+
 async def test_search_browse_and_request_a_build(client: TestClient, make_repo: Any,
                                                  browser_page: Any) -> None:
     page = browser_page
     expect = playwright_api.expect
-    url = make_repo("hello", projects.enot_project(
-        "hello", prebuild=["for i in 1 2 3 4; do echo tick $i; sleep 1; done"]),
-        tag="1.0.0", extra_tags=("1.1.0",))
+    url = make_repo("hello", projects.enot_project("hello", prebuild=[GATED]), tag="1.0.0")
+    projects.add_commit(url, {"gate": "the build of 1.1.0 waits for the test\n"}, "1.1.0",
+                        projects.AUTHOR_EMAIL)
     r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
                                               "versions": [{"ref": "1.0.0"}]})
     assert r.status == 200, await r.text()
@@ -106,8 +114,16 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
 
     # The build page follows the log live, then shows the result.
     await expect(page.locator("#log")).to_contain_text("tick 1", timeout=60_000)
-    assert "tick 4" not in await page.locator("#log").inner_text()
+    await expect(page.locator("#status")).to_have_text("running")
+    assert "tick 2" not in await page.locator("#log").inner_text()
     await shot(page, "5-build-running")
+    build_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    # A mark on this document: the new lines must reach it by streaming, not by the
+    # no-JavaScript fallback reloading the page.
+    await page.evaluate("window.sameDocument = true")
+    open_gate(client, build_id)
+    await expect(page.locator("#log")).to_contain_text("tick 2", timeout=60_000)
+    assert await page.evaluate("window.sameDocument === true"), "the page was reloaded"
     await expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
     await expect(page.locator("#log")).to_contain_text("SUCCESS")
     await expect(page.locator("#download")).to_have_text("hello.ep")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import tarfile
@@ -11,7 +10,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from . import projects
-from .conftest import running_processes, wait_for_status
+from .conftest import no_process_left, wait_for_status
 
 
 async def build_sync(client: TestClient, full_name: str, url: str,
@@ -163,9 +162,8 @@ async def test_timeout_kills_the_whole_build(make_client: Any, make_repo: Any) -
     status, body = await build_sync(client, "tester/sleepy", url, [{"ref": "1.0.0"}])
     assert status == 422, body
     assert "ran past its time limit of 8 s (builds.timeout)" in body["builds"][0]["message"]
-    await asyncio.sleep(0.5)
-    assert running_processes("sleep 313") == []
-    assert running_processes("sleep 314") == []
+    await no_process_left("sleep 313")
+    await no_process_left("sleep 314")
 
 
 async def test_build_log_follows_a_running_build(client: TestClient, make_repo: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from enot_builder.config import PROJECT_ROOT
 
-from .conftest import missing_prerequisite
+from .conftest import require
 
 CLI = [sys.executable, "-m", "enot_builder"]
 
@@ -77,7 +77,7 @@ def unit_text() -> str:
 def local_unit(tmp_path: Path) -> Path:
     """The unit with its paths pointed at this checkout (verify needs them to exist)."""
     if shutil.which("systemd-analyze") is None:
-        missing_prerequisite("systemd-analyze is not installed (Debian package systemd; "
+        require(False, "systemd-analyze is not installed (Debian package systemd; "
                              "make install adds it)")
     path = tmp_path / "enot-builder.service"
     path.write_text(unit_text().replace("/opt/enot-builder", str(PROJECT_ROOT)))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from enot_builder import dependencies, store
+from enot_builder.db import cursor
+from enot_builder.keys import CONFIG, POOL, QUEUE
+
 from . import projects
-from .conftest import wait_for_status
+from .conftest import settled, wait_for_status
 
 
 def dep(name: str, tag: str = "1.0.0") -> dict[str, str]:
@@ -22,19 +25,18 @@ async def mirrored(make_client: Any, repos_dir: Path) -> TestClient:
 
 
 async def settle(client: TestClient, db_conn: Any, expected: int, timeout: float = 180) -> dict:
-    """Wait until `expected` builds exist and none is pending; return name -> builds."""
-    for _ in range(int(timeout * 5)):
-        with db_conn.cursor() as cur:
-            cur.execute("SELECT r.name, b.status, b.requested_by, b.priority FROM builds b"
-                        " JOIN repositories r ON r.id = b.repository_id ORDER BY b.created_at")
-            rows = cur.fetchall()
-        if len(rows) >= expected and all(s not in ("queued", "running") for _, s, _, _ in rows):
-            by_name: dict[str, list] = {}
-            for name, status, by, priority in rows:
-                by_name.setdefault(name, []).append((status, by, priority))
-            return by_name
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"builds did not settle: {rows}")
+    """Wait until nothing is pending and every follow-up is done (no dependency is still
+    to be queued); check there are `expected` builds; return name -> builds."""
+    await settled(client, timeout)
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT r.name, b.status, b.requested_by, b.priority FROM builds b"
+                    " JOIN repositories r ON r.id = b.repository_id ORDER BY b.created_at")
+        rows = cur.fetchall()
+    assert len(rows) == expected, rows
+    by_name: dict[str, list] = {}
+    for name, status, by, priority in rows:
+        by_name.setdefault(name, []).append((status, by, priority))
+    return by_name
 
 
 async def test_three_level_chain_then_top_fetches_from_server(
@@ -65,7 +67,6 @@ async def test_three_level_chain_then_top_fetches_from_server(
     log = await (await client.get("/build_log", params={"build_id": again})).text()
     assert "Extract /tmp/enot/middle.ep" in log, log
     assert "fetch /tmp/enot/middle" not in log, log
-    await asyncio.sleep(0.5)
     assert (await settle(client, db_conn, 4))["middle"] == builds["middle"]  # not rebuilt
 
 
@@ -218,3 +219,42 @@ async def test_a_dependency_scan_binds_only_unbound_names(client: TestClient,
     assert bindings() == {
         "victim/owned": ("https://github.com/victim/owned", "request"),
         "victim/free": ("https://gitlab.com/victim/free", "dependency")}
+
+
+async def test_dependency_cycle_stops(make_client: Any, make_repo: Any, repos_dir: Path,
+                                      db_conn: Any) -> None:
+    """ping 1.0.0 needs pong 1.0.0, which needs ping 1.0.0.
+
+    enot itself cannot build such a pair from source (it recurses until it fails), so
+    the first half is that failure, ending with nothing queued. The second half is the
+    server's side of a cycle, on real rows: once ping 1.0.0 is built, pong's follow-up
+    meets it and queues nothing, while a dependency not built yet is queued.
+    """
+    make_repo("tester/ping", projects.enot_project("ping", deps=[dep("pong")]))
+    make_repo("tester/pong", projects.enot_project("pong", deps=[dep("ping")]))
+    client = await mirrored(make_client, repos_dir)
+    r = await client.post("/buildAsync", json={"full_name": "tester/ping",
+                                               "clone_url": "https://github.com/tester/ping",
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    builds = await settle(client, db_conn, 1)
+    assert builds == {"ping": [("failed", "api", 10)]}
+
+    # The server's side, on real rows: ping 1.0.0 pending again (the workers stopped,
+    # so it stays queued), pong's follow-up meets it and queues nothing; a dependency
+    # with no build here (pang) is queued.
+    make_repo("tester/pang", projects.enot_project("pang"))
+    app = client.server.app
+    await app[QUEUE].stop(0)
+    async with cursor(app[POOL]) as cur:
+        repo = await store.bind_repository(cur, "tester", "ping",
+                                           "https://github.com/tester/ping", "github.com",
+                                           "request")
+        await store.enqueue_build(cur, repository_id=repo["id"], ref="1.0.0", erl_version="25")
+    pong = {"namespace": "tester", "name": "pong", "ref": "1.0.0", "erl_version": "25"}
+    queued = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], pong, [("https://github.com/tester/ping", "1.0.0")])
+    assert queued == []
+    queued = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], pong, [("https://github.com/tester/pang", "1.0.0")])
+    assert len(queued) == 1

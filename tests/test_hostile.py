@@ -31,11 +31,13 @@ from enot_builder.db import cursor
 from enot_builder.keys import BUILDER, POOL
 
 from . import projects
-from .conftest import running_processes, world_readable_tempdir
+from .conftest import eventually, no_process_left, require, wait_for_status, world_readable_tempdir
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-# The server must answer while a hostile build runs, and quickly.
-SLOWEST_ANSWER = 5.0
+# The server must keep answering while a hostile build runs. A bound on waiting for
+# each answer (a server that stopped answering fails the test), not a speed measure:
+# on a shared 2-core machine speed belongs to the bench.
+ANSWER_BOUND = 30.0
 
 
 async def hostile_build(client: TestClient, name: str, url: str,
@@ -47,19 +49,19 @@ async def hostile_build(client: TestClient, name: str, url: str,
     build_id = (await r.json())["response"][0]["build_id"]
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    slowest = 0.0
     while True:
-        started = loop.time()
-        r = await client.get("/last_builds")
+        try:
+            r = await asyncio.wait_for(client.get("/last_builds"), ANSWER_BOUND)
+        except TimeoutError:
+            raise AssertionError(f"GET /last_builds got no answer in {ANSWER_BOUND} s "
+                                 "during the build") from None
         assert r.status == 200, await r.text()
-        slowest = max(slowest, loop.time() - started)
         async with cursor(client.server.app[POOL]) as cur:
             build = await store.get_build(cur, build_id)
         if build["status"] in TERMINAL:
             break
         assert loop.time() < end, f"build {build_id} still {build['status']}"
         await asyncio.sleep(0.5)
-    assert slowest < SLOWEST_ANSWER, f"GET /last_builds took {slowest:.1f} s during the build"
     r = await client.get("/build_log", params={"build_id": build_id})
     assert r.status == 200
     return build, await r.text()
@@ -90,8 +92,8 @@ def own_build_user() -> str:
     shared `nobody`, other builds on the machine would eat a small limit, and a bomb
     given a large one would starve them.
     """
-    if os.geteuid() != 0:
-        pytest.skip("builds run as the server's own user unless the server is root")
+    require(os.geteuid() == 0, "a build user of its own needs the tests to run as root "
+                               "(builds run as the server's own user otherwise)")
     name = "enot-builder-bomb"
     try:
         pwd.getpwnam(name)
@@ -112,17 +114,15 @@ async def test_fork_bomb_is_contained(make_client: Any, make_repo: Any,
     assert build["status"] == "failed", build["message"]
     assert "ran past its time limit of 10 s" in build["message"], log
     assert "FAILED: " in log
-    # Every task of the build user is gone within moments (the kernel tears the PID
-    # namespace down after its init is killed).
-    for _ in range(50):
+    # Every task of the build user goes (the kernel tears the PID namespace down after
+    # its init is killed).
+    async def no_task_of_the_user() -> bool:
         tasks = (await asyncio.to_thread(
             subprocess.run, ["ps", "-L", "-u", own_build_user, "--no-headers"],
             check=False, capture_output=True, text=True)).stdout
-        if not tasks:
-            break
-        await asyncio.sleep(0.1)
-    assert tasks == ""
-    assert running_processes(tag) == []
+        return tasks == ""
+    await eventually(no_task_of_the_user, f"tasks of {own_build_user} still alive")
+    await no_process_left(tag)
 
 
 async def test_endless_loop_is_stopped(make_client: Any, make_repo: Any) -> None:
@@ -134,22 +134,19 @@ async def test_endless_loop_is_stopped(make_client: Any, make_repo: Any) -> None
     assert build["message"] == ("the build ran past its time limit of 6 s (builds.timeout) "
                                 "and was stopped")
     assert log.rstrip().endswith(build["message"])
-    await asyncio.sleep(0.5)
-    assert running_processes(tag) == []
+    await no_process_left(tag)
 
 
 async def test_endless_output_is_cut_and_stops_the_build(make_client: Any, make_repo: Any,
                                                          data_dir: Path) -> None:
     limit = 1024 * 1024
-    client = await make_client(builds__log_limit_mb=1, builds__timeout=60, builds__workers=1)
+    # The time limit is far past hostile_build's deadline: only the log limit can end it.
+    client = await make_client(builds__log_limit_mb=1, builds__timeout=3600, builds__workers=1)
     tag = marker()
     url = make_repo("flood", projects.enot_project("flood", prebuild=[f"yes flood-{tag}"]))
     build, log = await hostile_build(client, "flood", url)
     assert build["status"] == "failed"
     assert "output exceeded the log limit" in build["message"]
-    # Stopped at once, not at the 60 s timeout.
-    seconds = (build["finished_at"] - build["started_at"]).total_seconds()
-    assert seconds < 30, seconds
     path = client.server.app[BUILDER].log_path(str(build["id"]))
     assert path.stat().st_size <= limit
     assert len(log.encode()) == path.stat().st_size
@@ -157,8 +154,7 @@ async def test_endless_output_is_cut_and_stops_the_build(make_client: Any, make_
     assert "[enot-builder] log truncated: the build's output reached " \
            f"{limit - RESERVE} bytes" in log
     assert log.rstrip().endswith(build["message"])
-    await asyncio.sleep(0.5)
-    assert running_processes(f"flood-{tag}") == []
+    await no_process_left(f"flood-{tag}")
 
 
 @pytest.fixture
@@ -191,9 +187,21 @@ async def test_server_config_and_environment_stay_secret(
              "/proc/*/cmdline; ls -la / /etc /tmp /proc; cat /etc/gitconfig /etc/shadow; "
              f"ls -laR {data_dir} {data_dir.parent}; cat {data_dir}/logs/*/* ; "
              "find / -xdev -name '*.toml' 2>/dev/null")
+    # What the probe can see, said plainly: each server path hidden or visible, the
+    # names in its environment, PID 1's environment, every command line it can see.
+    server_paths = [conf, conf.parent, data_dir, data_dir / "logs", Path("/etc/shadow"),
+                    Path("/root"), Path(os.environ.get("VIRTUAL_ENV", "/nonexistent-venv"))]
+    census = [
+        f'for p in {" ".join(map(str, server_paths))}; do '
+        f'if [ -e "$p" ]; then echo "visible-{tag}:$p"; else echo "hidden-{tag}:$p"; fi; done',
+        f'echo "env-names-{tag}: $(env | cut -d= -f1 | sort | tr "\\n" " ")"',
+        f'echo "pid1-env-{tag}: $(tr "\\0" " " < /proc/1/environ)"',
+        f'echo "cmdlines-{tag}: $(cat /proc/[0-9]*/cmdline | tr "\\0" " ")"',
+    ]
     url = make_repo("snoop", projects.enot_project("snoop", prebuild=[
         probe,
         f"mkdir -p priv && ({probe}) > priv/loot.txt 2>&1",
+        *census,
         f"echo probe-ran-{tag}",
     ]))
     build, log = await hostile_build(client, "snoop", url)
@@ -201,6 +209,21 @@ async def test_server_config_and_environment_stay_secret(
     # whatever the probe could find, in its log and in its artifact.
     assert build["status"] == "succeeded", build["message"]
     assert f"probe-ran-{tag}" in log  # the probe ran, and its output is in the log
+    # ...and could read nothing of the server's: every path hidden,
+    lines = {line.split(": ", 1)[0]: line.split(": ", 1)[-1] for line in log.splitlines()}
+    for path in server_paths:
+        assert f"hidden-{tag}:{path}" in log, f"{path} is visible to the build"
+    assert f"visible-{tag}" not in log.replace(f'"visible-{tag}', "")
+    # no variable of the server's environment (only what the builder and its tools set),
+    names = set(lines[f"env-names-{tag}"].split())
+    shared = names & set(os.environ) - {"PATH", "HOME", "LANG", "TERM", "PWD", "SHLVL", "_"}
+    assert shared == set(), f"the build sees the server's {shared}"
+    assert "DATABASE_PASSWORD" not in names
+    # PID 1 (the sandbox's own init) holds nothing but the sandbox's PATH,
+    assert lines[f"pid1-env-{tag}"].strip() == "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+    # and no process of the server's is in view.
+    assert "pytest" not in lines[f"cmdlines-{tag}"]
+    assert "postgres" not in lines[f"cmdlines-{tag}"]
     artifact = await artifact_bytes(client, str(build["id"]))
     assert b"DATABASE_PASSWORD" not in artifact and "DATABASE_PASSWORD" not in log
     assert b"priv/loot.txt" in artifact
@@ -293,9 +316,8 @@ async def test_background_processes_die_with_the_build(client: TestClient,
     ]))
     build, _ = await hostile_build(client, "daemon", url)
     assert build["status"] == "succeeded", build["message"]
-    await asyncio.sleep(0.5)
-    assert running_processes(f"sleep {quiet}") == []
-    assert running_processes(f"sleep {loud}") == []
+    await no_process_left(f"sleep {quiet}")
+    await no_process_left(f"sleep {loud}")
 
 
 async def test_enot_config_symlink_to_a_server_file_is_not_followed(
@@ -373,9 +395,7 @@ async def test_file_urls_cannot_show_the_data_dir(client: TestClient, data_dir: 
                                                "versions": [{"ref": "1.0.0"}]})
     assert r.status == 202, await r.text()
     build_id = (await r.json())["response"][0]["build_id"]
-    async with cursor(client.server.app[POOL]) as cur:
-        while (build := await store.get_build(cur, build_id))["status"] not in TERMINAL:
-            await asyncio.sleep(0.2)
+    build = await wait_for_status(client, build_id, TERMINAL)
     assert build["status"] == "failed"
     expected = ("refusing to show the whole file system to a build" if where == "root"
                 else f"{path} would show the server's data directory to the build")

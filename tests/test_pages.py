@@ -15,7 +15,7 @@ from enot_builder.app import create_app
 from enot_builder.keys import QUEUE
 
 from . import projects
-from .conftest import make_config, one_running_one_queued, wait_for_status
+from .conftest import make_config, one_running_one_queued, open_gate, wait_for_status
 
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
@@ -110,7 +110,7 @@ async def test_search_lists_exact_matches_before_partial_ones(client: TestClient
 
 async def test_queue_and_queued_build_pages(make_client: Any, make_repo: Any) -> None:
     client = await make_client(builds__workers=1)
-    slow_id, fast_id = await one_running_one_queued(client, make_repo, seconds=4)
+    slow_id, fast_id = await one_running_one_queued(client, make_repo)
 
     text = await page(client, "/ui/queue")
     running, queued = text.split("<h2>Queued</h2>")
@@ -129,6 +129,7 @@ async def test_queue_and_queued_build_pages(make_client: Any, make_repo: Any) ->
 
     text = await page(client, "/ui/packages/tester/fast")
     assert f'href="/ui/builds/{fast_id}">queued</a>' in text  # not in the matrix yet
+    open_gate(client, slow_id)
     done = await wait_for_status(client, fast_id, ("succeeded", "failed"))
     assert done["status"] == "succeeded"
 

@@ -18,7 +18,7 @@ import pytest
 
 from enot_builder.config import PROJECT_ROOT
 
-from .conftest import free_port, missing_prerequisite, world_readable_tempdir
+from .conftest import free_port, require, world_readable_tempdir
 from .test_cli import CLI, run
 
 ROOT = os.geteuid() == 0
@@ -162,12 +162,12 @@ def test_the_service_user_can_run_the_server() -> None:
     """The systemd unit runs .venv/bin/enot-builder as enot-builder: the virtualenv's
     Python must be one that user can read (the system one, not a pyenv under /root)."""
     if not ROOT:
-        missing_prerequisite("runuser to the service user needs root")
+        require(False, "runuser to the service user needs root")
     try:
         import pwd
         pwd.getpwnam("enot-builder")
     except KeyError:
-        missing_prerequisite("the system user enot-builder does not exist (make install as root)")
+        require(False, "the system user enot-builder does not exist (make install as root)")
     result = subprocess.run(["runuser", "-u", "enot-builder", "--",
                              str(PROJECT_ROOT / ".venv" / "bin" / "enot-builder"), "--help"],
                             capture_output=True, text=True, timeout=120, cwd="/")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,10 +17,17 @@ from aiohttp.test_utils import TestClient
 from enot_builder import config as config_module
 from enot_builder import pgcluster
 from enot_builder.app import create_app
-from enot_builder.keys import QUEUE
+from enot_builder.keys import BUILDER, QUEUE
 
 from . import projects
-from .conftest import wait_for_message, wait_for_status
+from .conftest import (
+    eventually,
+    no_process_left,
+    require,
+    running_processes,
+    wait_for_message,
+    wait_for_status,
+)
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -129,6 +138,29 @@ async def test_watchdog_fails_a_build_stuck_past_its_timeout(make_client: Any,
     assert build["message"].startswith("stopped by the watchdog")
 
 
+async def test_watchdog_stops_an_overrunning_build_of_its_own(make_client: Any,
+                                                               make_repo: Any) -> None:
+    # The builder's own time limit is moved out of the way (as if its supervision had
+    # hung): only the watchdog, at timeout 1 s + margin 1 s, can stop this build.
+    client = await make_client(builds__timeout=1, builds__watchdog_margin=1, builds__workers=1)
+    builder = client.server.app[BUILDER]
+    builder.config = dataclasses.replace(
+        builder.config, builds=dataclasses.replace(builder.config.builds, timeout=3600))
+    tag = uuid.uuid4().hex[:12]
+    url = make_repo("overrun", projects.enot_project("overrun",
+                                                     prebuild=[f"sleep 3600 # {tag}"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/overrun", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await eventually(lambda: running_processes(tag), "the build's sleep starting")
+    build = await wait_for_status(client, build_id, ("failed", "succeeded"), timeout=60)
+    assert build["status"] == "failed"
+    assert build["message"] == ("stopped by the watchdog: still running 1 s past its time "
+                                "limit of 1 s")
+    await no_process_left(tag)
+    assert client.server.app[QUEUE].running == []
+
+
 async def test_artifact_store_write_error_fails_cleanly(make_client: Any, make_repo: Any,
                                                         data_dir: Path) -> None:
     client = await make_client()
@@ -154,8 +186,8 @@ def tiny_artifact_disk(data_dir: Path) -> Iterator[Path]:
     artifacts.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(artifacts)],
                              capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    require(mounted.returncode == 0,
+            f"a real full disk needs root to mount a small tmpfs: {mounted.stderr.strip()}")
     yield artifacts
     subprocess.run(["umount", "-l", str(artifacts)], check=False)
 
@@ -199,7 +231,13 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
     r = await client.get("/last_builds")
     assert r.status == 503
     assert (await r.json())["response"] == "The database is unavailable; try again shortly"
-    await asyncio.sleep(5)  # the build ends while the database is away
+    # The build ends while the database is away: its log (on disk) says so.
+    log_path = client.server.app[BUILDER].log_path(build_id)
+
+    def ended() -> bool:
+        text = log_path.read_text() if log_path.exists() else ""
+        return "[enot-builder] SUCCESS: " in text or "[enot-builder] FAILED: " in text
+    await eventually(ended, f"build {build_id} ending while the database is away", 120)
     await asyncio.to_thread(cluster.ensure_started)
     build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=90)
     assert build["status"] == "succeeded", build["message"]

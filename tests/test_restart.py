@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from typing import Any, Iterator
 
 import pytest
 
+from enot_builder import pgcluster
+
 from . import http, projects
-from .conftest import free_port, running_processes
+from .conftest import eventually_sync, free_port, running_processes, world_readable_tempdir
 
 SERVER = [sys.executable, "-m", "enot_builder"]
 
@@ -100,16 +103,14 @@ def test_sigkill_mid_build_then_restart_completes_it(server: Server, make_repo: 
     assert status == 202, body
     build_id = body["response"][0]["build_id"]
     wait_status(db_conn, build_id, {"running"})
-    time.sleep(1.5)  # well inside enot's prebuild step
-    assert running_processes("sleep 6"), "the build should be running"
+    # Killed well inside enot's prebuild step: once its sleep runs.
+    eventually_sync(lambda: running_processes("sleep 6"), "the build's sleep 6 starting")
 
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     # No build subprocess outlives the server: the sandbox dies with its parent.
-    deadline = time.monotonic() + 5
-    while running_processes("sleep 6") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running_processes("sleep 6") == []
+    eventually_sync(lambda: not running_processes("sleep 6"),
+                    "the build's processes dying with the server", 30)
     assert build_status(db_conn, build_id) == "running"  # as the dead process left it
 
     server.start()
@@ -132,11 +133,11 @@ def test_sigterm_requeues_a_build_that_outlives_the_grace(server: Server, make_r
         "full_name": "tester/patient", "clone_url": url, "versions": [{"ref": "1.0.0"}]})
     build_id = body["response"][0]["build_id"]
     wait_status(db_conn, build_id, {"running"})
-    time.sleep(1)
+    eventually_sync(lambda: running_processes("sleep 30"), "the build's sleep 30 starting")
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0
     assert build_status(db_conn, build_id) == "queued"
-    assert running_processes("sleep 30") == []
+    assert running_processes("sleep 30") == []  # stopped before the server exited
 
 
 def test_sigterm_lets_a_short_build_finish(server: Server, make_repo: Any, db_conn: Any,
@@ -152,3 +153,100 @@ def test_sigterm_lets_a_short_build_finish(server: Server, make_repo: Any, db_co
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0
     assert build_status(db_conn, build_id) == "succeeded"
+
+
+def plain_config(path: Path, data_dir: Path, dsn: str | None, workers: int = 1) -> Path:
+    """A server config on its own port; `dsn` None leaves [database] dsn empty."""
+    database = "" if dsn is None else f'[database]\ndsn = "{dsn}"\n'
+    path.write_text(f'[server]\nport = {free_port()}\nshutdown_grace = 2\n'
+                    f'[storage]\ndata_dir = "{data_dir}"\n{database}'
+                    f'[builds]\nworkers = {workers}\n'
+                    '[git]\nallowed_schemes = ["https", "file"]\n')
+    return path
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for a reaper that may never come here."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_private_cluster_and_a_clean_start(tmp_path: Path, data_dir: Path,
+                                           make_repo: Any) -> None:
+    """No dsn: the server creates its own cluster, uses it, and stops it on exit; and
+    leftovers in work/ and sources/ from an earlier life are emptied at start-up."""
+    for leftover in (data_dir / "work" / "old-build" / "src", data_dir / "sources" / "old"):
+        leftover.mkdir(parents=True)
+        (leftover / "file").write_text("from an earlier process")
+    server = Server(plain_config(tmp_path / "s.toml", data_dir, None), tmp_path / "s.log")
+    try:
+        server.start()
+        pid_file = data_dir / "pg" / "data" / "postmaster.pid"
+        assert pid_file.exists(), "no private cluster in <data_dir>/pg"
+        postmaster = int(pid_file.read_text().split()[0])
+        assert list((data_dir / "work").iterdir()) == []
+        assert not (data_dir / "sources").exists() or list((data_dir / "sources").iterdir()) == []
+        status, body = http.get(server.port, "/health")
+        assert status == 200, body
+        # Used: a build is queued in it and runs.
+        url = make_repo("private", projects.enot_project("private"))
+        status, body = http.post(server.port, "/buildSync", {
+            "full_name": "tester/private", "clone_url": url, "versions": [{"ref": "1.0.0"}]})
+        assert status == 200, body
+        assert body["response"][0]["status"] == "succeeded"
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, server.log.read_text()
+        # Stopped with the server: its postmaster is gone, its pid file removed.
+        assert not pid_file.exists()
+        eventually_sync(lambda: not alive(postmaster), "the cluster's postmaster exiting", 30)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+        if (data_dir / "pg" / "data" / "postmaster.pid").exists():
+            pgcluster.for_config(data_dir, "enot-builder").stop()
+
+
+def test_two_servers_on_one_database_claim_distinct_builds(
+        tmp_path: Path, pg_dsn: str, clean_db: None, make_repo: Any, db_conn: Any) -> None:
+    servers = []
+    try:
+        for name in ("one", "two"):
+            data = world_readable_tempdir(f"enot-builder-test-data-{name}-")
+            server = Server(plain_config(tmp_path / f"{name}.toml", data, pg_dsn),
+                            tmp_path / f"{name}.log")
+            servers.append((server, data))
+            server.start()  # both up before any build: start-up requeues this host's builds
+        # Each build asked of another server, the second while the first runs (a server
+        # wakes its own worker; the other finds builds by polling the table).
+        ids = []
+        for (server, _), name in zip(servers, ("left", "right"), strict=True):
+            url = make_repo(name, projects.enot_project(name, prebuild=["sleep 8"]))
+            status, body = http.post(server.port, "/buildAsync", {
+                "full_name": f"tester/{name}", "clone_url": url, "versions": [{"ref": "1.0.0"}]})
+            assert status == 202, body
+            ids.append(body["response"][0]["build_id"])
+            wait_status(db_conn, ids[-1], {"running"})
+
+        def workers() -> list[str] | None:
+            with db_conn.cursor() as cur:
+                cur.execute("SELECT status, worker FROM builds WHERE id = ANY(%s::uuid[])", (ids,))
+                rows = cur.fetchall()
+            return [w for _, w in rows] if all(s == "running" for s, _ in rows) else None
+        # Each server has one worker: two builds running at once means both claimed one.
+        running = eventually_sync(workers, "both builds running at once", 120)
+        pids = {w.split(":")[1].split("/")[0] for w in running}
+        assert pids == {str(s.proc.pid) for s, _ in servers}
+        for build_id in ids:
+            assert wait_status(db_conn, build_id, {"succeeded", "failed"}) == "succeeded"
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT attempt FROM builds WHERE id = ANY(%s::uuid[])", (ids,))
+            assert [row[0] for row in cur.fetchall()] == [1, 1]  # each built once
+    finally:
+        for server, data in servers:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGTERM)
+                server.proc.wait(timeout=60)
+            shutil.rmtree(data, ignore_errors=True)

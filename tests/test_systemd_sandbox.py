@@ -20,7 +20,7 @@ from pathlib import Path
 
 from enot_builder.config import PROJECT_ROOT
 
-from .conftest import missing_prerequisite
+from .conftest import require
 
 UNIT = PROJECT_ROOT / "systemd" / "enot-builder.service"
 PSEUDO_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -94,14 +94,14 @@ def emulation(settings: dict[str, list[str]]) -> str:
 
 def test_a_build_runs_under_the_units_mounts_and_privileges() -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        missing_prerequisite("reproducing the unit's mounts needs root and unshare")
+        require(False, "reproducing the unit's mounts needs root and unshare")
     settings = unit_settings(UNIT.read_text())
     try:
         pwd.getpwnam(settings["User"][-1])
     except KeyError:
-        missing_prerequisite(f"the unit's user {settings['User'][-1]} does not exist (make install)")
+        require(False, f"the unit's user {settings['User'][-1]} does not exist (make install)")
     if any(PROJECT_ROOT.is_relative_to(d) for d in ("/root", "/home", "/tmp")):
-        missing_prerequisite(f"the checkout {PROJECT_ROOT} is hidden by ProtectHome/PrivateTmp; "
+        require(False, f"the checkout {PROJECT_ROOT} is hidden by ProtectHome/PrivateTmp; "
                              "the unit expects it in /opt/enot-builder")
     script = emulation(settings)
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],

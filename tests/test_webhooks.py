@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from enot_builder import config as config_module
+from enot_builder.app import create_app
 from enot_builder.github import repository_secret
 
 from . import projects
@@ -368,3 +370,21 @@ async def test_queue_lists_builds_in_run_order(make_client: Any, make_repo: Any)
     assert [b["position"] for b in listing["builds"]] == [None, 1, 2]
     log = await (await client.get("/build_log", params={"build_id": ids[1]})).text()
     assert "queued at position 2" in log
+
+
+async def test_git_secret_from_the_environment(aiohttp_client: Any, pg_dsn: str,
+                                               data_dir: Path, clean_db: None) -> None:
+    config = config_module.load(env={"GIT_SECRET": "secret-from-the-environment",
+                                     "ENOT_BUILDER_DATABASE_DSN": pg_dsn,
+                                     "ENOT_BUILDER_STORAGE_DATA_DIR": str(data_dir)})
+    assert config.github.webhook_secret == "secret-from-the-environment"
+    client = await aiohttp_client(create_app(config))
+    ping = {"zen": "Design for failure.", "repository": repository("tester/env")}
+    # The repository's secret derives from the key GIT_SECRET gave.
+    raw, headers = signed(ping, "ping", secret=repository_secret("secret-from-the-environment",
+                                                                  "tester/env"))
+    r = await client.post("/callback", data=raw, headers=headers)
+    assert r.status == 200, await r.text()
+    raw, headers = signed(ping, "ping")  # derived from another key
+    r = await client.post("/callback", data=raw, headers=headers)
+    assert r.status == 401, await r.text()
