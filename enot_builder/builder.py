@@ -65,7 +65,18 @@ class BuildFailure(Exception):
 TRANSIENT_GIT_ERRORS = ("Could not resolve host", "Connection refused", "Connection timed out",
                         "Failed to connect", "Operation timed out", "early EOF",
                         "The remote end hung up unexpectedly", "returned error: 50",
-                        "gnutls_handshake", "SSL_connect", "Temporary failure in name resolution")
+                        "gnutls_handshake", "SSL_connect", "Temporary failure in name resolution",
+                        "Too many open files")
+
+# The server itself ran short (of file descriptors, memory or processes): the build
+# did nothing wrong, and may well succeed a little later.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
+def out_of_resources(e: OSError) -> str:
+    what = "file descriptors" if e.errno in (errno.EMFILE, errno.ENFILE) \
+        else "memory or processes"
+    return f"server error: the build server ran out of {what} ({e.strerror or e})"
 
 
 @dataclass
@@ -138,6 +149,8 @@ class Builder:
             build_log = BuildLog(log_path, self.config.builds.log_limit_mb * 1024 * 1024)
         except OSError as e:
             log.error("cannot open the log of build %s: %s", build_id, e)
+            if e.errno in RESOURCE_ERRNOS:
+                return Outcome(False, out_of_resources(e), retryable=True)
             return Outcome(False, f"server error: cannot write the build log ({e.strerror or e})")
         try:
             await hooks.log_opened(str(log_path))
@@ -150,8 +163,12 @@ class Builder:
             except SandboxError as e:
                 outcome = Outcome(False, f"the build sandbox is not usable: {e}")
             except OSError as e:
-                log.exception("build %s failed on the server side", build_id)
-                outcome = Outcome(False, f"server error while building: {e.strerror or e}")
+                if e.errno in RESOURCE_ERRNOS:
+                    log.error("build %s: %s", build_id, e)
+                    outcome = Outcome(False, out_of_resources(e), retryable=True)
+                else:
+                    log.exception("build %s failed on the server side", build_id)
+                    outcome = Outcome(False, f"server error while building: {e.strerror or e}")
             except Exception:
                 # A bug of ours must not kill the worker or leave the build running.
                 log.exception("build %s failed on an internal error", build_id)

@@ -7,9 +7,7 @@ import asyncio
 import logging
 import sys
 
-from aiohttp import web
-
-from . import __version__, db, pgcluster, toolchains
+from . import __version__, connections, db, log_flood, pgcluster, toolchains
 from . import config as config_module
 from .app import create_app
 from .sandbox import Sandbox
@@ -27,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_flood.install()
     try:
         config = config_module.load(args.config)
     except config_module.ConfigError as e:
@@ -40,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: config_module.Config) -> int:
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                shutdown_timeout=10, access_log_format='%a "%r" %s %b %Tfs')
+    connections.check_fd_budget(config, connections.raise_fd_limit())
+    connections.run(create_app(config), config)
     return 0
 
 
