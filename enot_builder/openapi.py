@@ -252,8 +252,8 @@ SPEC: dict[str, Any] = {
                                          ("TooLarge", "The request body is over server.max_body_size"),
                                          ("BodyTimeout", "The request body did not arrive within "
                                                          "server.body_timeout"),
-                                         ("Unavailable", "Shutting down, or the database is down (or, on any path, "
-                                                         "too many open connections)"))},
+                                         ("Unavailable", "Shutting down, the database is down, or (on any "
+                                                         "path) too many open connections"))},
     },
 }
 
