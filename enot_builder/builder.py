@@ -639,7 +639,12 @@ def remove_tree(path: Path) -> None:
             os.chmod(parent, 0o700)
             if not os.path.islink(target) and os.path.isdir(target):
                 os.chmod(target, 0o700)
-            func(target)
+            if func in (os.rmdir, os.unlink, os.remove):
+                func(target)
+            else:  # a directory that could not be opened or listed (or no descriptor left)
+                shutil.rmtree(target, ignore_errors=True)
+                if os.path.lexists(target):
+                    log.warning("cannot remove %s", target)
         except OSError:
             log.warning("cannot remove %s", target)
 

@@ -8,7 +8,7 @@ database need theirs. So:
   HEALTH_RESERVE more are let in for GET /health alone (the first line of the request
   is read to tell), so monitoring sees a busy server, not a dead one; any other
   request gets a 503 and its connection is closed; beyond the reserve a connection
-  is answered 503 and closed without reading it;
+  is sent the 503 and closed without being read (the client may see only a reset);
 - a connection with no complete request (idle keep-alive, or headers that never
   finish) is closed after `server.idle_timeout` (aiohttp's keep-alive timer, which
   runs from the moment the connection opens);
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 
 # Connections past max_connections that may still ask GET /health.
 HEALTH_RESERVE = 16
-# Seconds a connection in the reserve gets to send its request line.
-REQUEST_LINE_TIMEOUT = 5.0
 REQUEST_LINE_LIMIT = 8 * 1024
 BUSY_MESSAGE = "The server has too many open connections; try again shortly"
 
@@ -124,7 +122,7 @@ class BoundedRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         gate = ConnectionGate(server, self._config.server.max_connections,
-                              self._config.server.send_timeout)
+                              self._config.server.send_timeout, self._config.server.idle_timeout)
         return gate  # type: ignore[return-value]  # it stands in for the Server
 
 
@@ -135,10 +133,12 @@ class ConnectionGate:
     each accepted connection to a handler the Server makes, through a _Connection.
     """
 
-    def __init__(self, server: web.Server, limit: int, send_timeout: float) -> None:
+    def __init__(self, server: web.Server, limit: int, send_timeout: float,
+                 idle_timeout: float) -> None:
         self.server = server
         self.limit = limit
         self.send_timeout = send_timeout
+        self.idle_timeout = idle_timeout
         self.open = 0
         self._refusing = False
 
@@ -208,7 +208,7 @@ class _Connection(asyncio.Protocol):
         if verdict == "serve":
             self._admit()
         else:
-            self.timer = asyncio.get_running_loop().call_later(REQUEST_LINE_TIMEOUT,
+            self.timer = asyncio.get_running_loop().call_later(self.gate.idle_timeout,
                                                                self._refuse)
 
     def _admit(self) -> None:
