@@ -16,9 +16,9 @@ database need theirs. So:
   the body is read; a body that has not fully arrived within `server.body_timeout` is
   answered 408; both close the connection;
 - a response waits at most `server.send_timeout` for a client that stopped reading
-  (the transport's write buffer stays full), then the connection is dropped. The
-  kernel's TCP_USER_TIMEOUT is set to the same bound, for what the server sends with
-  sendfile (downloads), which bypasses the write buffer.
+  (the transport's write buffer stays full), then the connection is dropped. Files
+  (downloads) go out with sendfile, past that buffer: for them the kernel's
+  TCP_USER_TIMEOUT, set to twice the bound, drops the connection instead.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class _Connection(asyncio.Protocol):
         if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                                int(self.gate.send_timeout * 1000))
+                                int(2 * self.gate.send_timeout * 1000))
         if verdict == "serve":
             self._admit()
         else:

@@ -252,27 +252,60 @@ async def test_follow_ends_when_the_build_ends_or_its_client_leaves(
     assert await status_of(app, build_id) == "running"
 
 
-async def test_a_client_that_stops_reading_is_dropped(serve: Any, make_repo: Any) -> None:
-    port, app, runner = await serve(server__send_timeout=2, builds__log_limit_mb=64,
-                                    builds__timeout=120)
+async def connect_and_never_read(port: int, request: str) -> socket.socket:
+    """A client with a tiny receive buffer that sends `request` and then reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, request.encode())
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_dropped(serve: Any, make_repo: Any,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="enot_builder.connections")
+    port, app, runner = await serve(server__send_timeout=2, server__idle_timeout=600,
+                                    builds__log_limit_mb=64, builds__timeout=120)
     # 24 MB of log, more than the kernel buffers on both ends of a loopback socket.
     url = make_repo("loud", projects.enot_project(
         "loud", prebuild=["yes loud-line-of-output | head -c 24000000; sleep 30"]))
     build_id = await start_build(port, "loud", url)
     await wait_for_build(app, build_id, ("running",))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
+    sock = await connect_and_never_read(
+        port, f"GET /build_log?build_id={build_id}&follow=1 HTTP/1.1\r\nHost: test\r\n\r\n")
     try:
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        await loop.sock_sendall(sock, f"GET /build_log?build_id={build_id}&follow=1 HTTP/1.1\r\n"
-                                      "Host: test\r\n\r\n".encode())
         await wait_until(lambda: gate(runner).open == 1, "the follower connected")
         # The client never reads: the server gives up on it after send_timeout.
         await wait_until(lambda: gate(runner).open == 0,
                          "the server dropped the client that stopped reading", timeout=90)
         assert await status_of(app, build_id) == "running"
+    finally:
+        sock.close()
+    # Dropped by the server's own send timeout (the kernel's backstop waits twice as long).
+    assert "dropped a connection whose client stopped reading for 2 s" in caplog.text
+
+
+async def test_a_download_that_stops_being_read_is_dropped(serve: Any) -> None:
+    # A long idle_timeout: only the send timeout may close the connection here.
+    port, _, runner = await serve(server__send_timeout=1, server__idle_timeout=600)
+    size = 0
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{port}/download_erts/25") as r:
+        assert r.status == 200
+        async for chunk in r.content.iter_any():
+            size += len(chunk)
+    # More than the kernel buffers of a loopback socket (tcp_wmem's 4 MiB at most).
+    assert size > 5 * 1024 * 1024, f"the ERTS tarball is too small for this test: {size}"
+    await wait_until(lambda: gate(runner).open == 0, "the download connection closed")
+    sock = await connect_and_never_read(port, "GET /download_erts/25 HTTP/1.1\r\n"
+                                              "Host: test\r\n\r\n")
+    try:
+        await wait_until(lambda: gate(runner).open == 1, "the client connected")
+        # Sent with sendfile: the kernel's TCP_USER_TIMEOUT (2 x send_timeout) drops it.
+        await wait_until(lambda: gate(runner).open == 0,
+                         "the server dropped the download nobody read", timeout=60)
     finally:
         sock.close()
 
