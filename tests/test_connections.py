@@ -220,9 +220,8 @@ async def wait_for_build(app: web.Application, build_id: str, statuses: tuple[st
         await asyncio.sleep(0.2)
 
 
-async def test_follow_ends_when_the_build_ends_or_its_client_leaves(
-        serve: Any, make_repo: Any) -> None:
-    port, app, runner = await serve()
+async def test_follow_ends_when_the_build_ends(serve: Any, make_repo: Any) -> None:
+    port, app, _ = await serve()
     url = make_repo("ticking", projects.enot_project(
         "ticking", prebuild=["for i in 1 2 3; do echo tick $i; sleep 1; done"]))
     build_id = await start_build(port, "ticking", url)
@@ -237,19 +236,26 @@ async def test_follow_ends_when_the_build_ends_or_its_client_leaves(
         log = (await asyncio.wait_for(reading, timeout=10)).decode()
     assert "tick 3" in log and "SUCCESS" in log
 
-    # A follower whose client leaves mid-build stops at once, not when the build ends.
+
+
+async def test_follow_ends_when_its_client_leaves(serve: Any, make_repo: Any) -> None:
+    """Not when the build ends: a follower of a queued build (whose log will not grow
+    for a while, so nothing written shows the client gone) stops when its client left."""
+    port, app, runner = await serve(builds__workers=1)
     url = make_repo("lasting", projects.enot_project("lasting", prebuild=["sleep 60"]))
-    build_id = await start_build(port, "lasting", url)
-    await wait_for_build(app, build_id, ("running",))
+    await wait_for_build(app, await start_build(port, "lasting", url), ("running",))
+    url = make_repo("waiting", projects.enot_project("waiting"))
+    build_id = await start_build(port, "waiting", url)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET /build_log?build_id={build_id}&follow=1 HTTP/1.1\r\n"
                  "Host: test\r\n\r\n".encode())
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    assert b"is queued at position 1" in await reader.readuntil(b"its log starts when it runs.")
     writer.close()
     await wait_until(lambda: not runner.server.connections,
                      "the follower's handler ended after its client left")
-    assert await status_of(app, build_id) == "running"
+    assert await status_of(app, build_id) == "queued"
 
 
 async def connect_and_never_read(port: int, request: str) -> socket.socket:
@@ -285,6 +291,7 @@ async def test_a_client_that_stops_reading_is_dropped(serve: Any, make_repo: Any
         sock.close()
     # Dropped by the server's own send timeout (the kernel's backstop waits twice as long).
     assert "dropped a connection whose client stopped reading for 2 s" in caplog.text
+    assert "unhandled error" not in caplog.text
 
 
 async def test_a_download_that_stops_being_read_is_dropped(serve: Any) -> None:
