@@ -455,3 +455,17 @@ def test_serve_raises_its_open_file_limit_and_says_so(tmp_path: Path, pg_dsn: st
     finally:
         proc.terminate()
         assert proc.wait(timeout=60) == 0, log_path.read_text()
+
+
+async def test_bodies_read_up_front_still_reach_the_handlers(client: Any) -> None:
+    """The middleware reads every body first: a JSON body, a urlencoded form and a
+    multipart form all arrive whole at their handlers."""
+    r = await client.post("/builds", json={"full_name": "nobody/nothing"})
+    assert r.status == 200 and (await r.json())["response"] == []
+    for form in ({"full_name": "nope", "clone_url": "https://github.com/a/b", "refs": "1"},
+                 aiohttp.FormData({"full_name": "nope", "clone_url": "https://github.com/a/b",
+                                   "refs": "1"}, default_to_multipart=True)):
+        r = await client.post("/ui/request", data=form)
+        text = await r.text()
+        assert r.status == 400, text
+        assert 'value="nope"' in text and 'id="full_name-error"' in text
