@@ -13,6 +13,7 @@ per-build lines are never thinned out.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable, Hashable
 
@@ -31,8 +32,13 @@ class RepeatFilter(logging.Filter):
         self.clock = clock
         # kind -> [start of its window, records passed in it, records dropped]
         self._kinds: dict[Hashable, list[float]] = {}
+        self._lock = threading.Lock()  # threads log too (asyncio.to_thread)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            return self._count(record)
+
+    def _count(self, record: logging.LogRecord) -> bool:
         now = self.clock()
         kind = _kind(record)
         state = self._kinds.get(kind)
