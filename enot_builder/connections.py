@@ -81,7 +81,8 @@ async def body_limits(request: web.Request, handler: errors.Handler) -> web.Stre
     """Refuse an oversized body before reading it; read the body within a time bound.
 
     The body is read here, whole, so the handlers' own reads (json(), post(), read())
-    find it in aiohttp's cache and never wait on the client.
+    find it in aiohttp's cache and never wait on the client (a multipart form is
+    parsed here, as post() can read it only once).
     """
     limit = request.client_max_size
     if request.content_length is not None and request.content_length > limit:
@@ -90,7 +91,10 @@ async def body_limits(request: web.Request, handler: errors.Handler) -> web.Stre
         timeout = request.app[CONFIG].server.body_timeout
         try:
             async with asyncio.timeout(timeout):
-                await request.read()
+                if request.content_type == "multipart/form-data":
+                    await request.post()  # parsed as it is read, and kept for the handler
+                else:
+                    await request.read()
         except TimeoutError:
             return await _answer_and_close(
                 request, 408, f"The request body did not arrive within {timeout} s")

@@ -98,7 +98,7 @@ async def _follow(request: web.Request, build_id: str) -> web.StreamResponse:
     await response.prepare(request)
     try:
         await _stream(request, response, build_id)
-    except ConnectionResetError:
+    except ConnectionError:
         return response  # the client left, or was dropped for not reading
     if request.transport is not None and not request.transport.is_closing():
         await response.write_eof()
