@@ -100,6 +100,8 @@ async def body_limits(request: web.Request, handler: errors.Handler) -> web.Stre
                 request, 408, f"The request body did not arrive within {timeout} s")
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
             return await _answer_and_close(request, 413, errors.body_too_large(limit))
+        except ValueError as e:  # aiohttp's multipart parser on a broken form
+            return await _answer_and_close(request, 400, f"Malformed multipart form: {e}")
     return await handler(request)
 
 

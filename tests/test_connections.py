@@ -469,3 +469,8 @@ async def test_bodies_read_up_front_still_reach_the_handlers(client: Any) -> Non
         text = await r.text()
         assert r.status == 400, text
         assert 'value="nope"' in text and 'id="full_name-error"' in text
+    r = await client.post("/buildSync", data=b"{}",
+                          headers={"Content-Type": "multipart/form-data"})
+    assert r.status == 400
+    assert await r.json() == {"result": False, "response": "Malformed multipart form: "
+                              "boundary missed for Content-Type: multipart/form-data"}
