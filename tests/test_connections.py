@@ -423,6 +423,16 @@ async def test_running_out_of_descriptors_is_a_retryable_failure(
     assert outcome.retryable and "ran out of file descriptors" in outcome.message
 
 
+def test_a_connection_bound_over_the_open_file_limit_is_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config("", Path("/nonexistent"), builds__workers=2)
+    connections.check_fd_budget(config, 1024)
+    assert "leaves too few" not in caplog.text
+    connections.check_fd_budget(config, 256)
+    assert ("server.max_connections = 512 leaves too few of the 256 file descriptors for "
+            "builds and the database; lower it or raise the limit (LimitNOFILE=)") in caplog.text
+
+
 def test_serve_raises_its_open_file_limit_and_says_so(tmp_path: Path, pg_dsn: str,
                                                       data_dir: Path, clean_db: None) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -449,6 +459,7 @@ def test_serve_raises_its_open_file_limit_and_says_so(tmp_path: Path, pg_dsn: st
         text = log_path.read_text()
         assert f"open-file limit {hard}; at most 528 client connections (512 + 16 " \
                "for /health)" in text
+        assert "leaves too few" not in text
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
         assert line.split()[3:5] == [str(hard), str(hard)]
