@@ -31,7 +31,7 @@ from enot_builder.app import create_app
 from enot_builder.builder import BuildHooks
 from enot_builder.keys import BUILDER
 
-from . import projects
+from . import http, projects
 from .conftest import free_port, make_config
 
 Started = tuple[int, web.Application, connections.BoundedRunner]
@@ -460,6 +460,11 @@ def test_serve_raises_its_open_file_limit_and_says_so(tmp_path: Path, pg_dsn: st
         assert f"open-file limit {hard}; at most 528 client connections (512 + 16 " \
                "for /health)" in text
         assert "leaves too few" not in text
+        assert http.get(port, "/openapi.json")[0] == 200
+        deadline = time.monotonic() + 30
+        while '"GET /openapi.json HTTP/1.1" 200' not in log_path.read_text():
+            assert time.monotonic() < deadline, "no access log line: " + log_path.read_text()
+            time.sleep(0.1)
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
         assert line.split()[3:5] == [str(hard), str(hard)]
