@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import db, pgcluster, reachability, toolchains
+from . import connections, db, pgcluster, reachability, toolchains
 from .api import pages
 from .builder import Builder
 from .cache_socket import cache_socket
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_size,
-                          middlewares=[metrics_middleware, error_middleware])
+                          handler_args=connections.handler_options(config),
+                          middlewares=[metrics_middleware, error_middleware,
+                                       connections.body_limits])
     app[CONFIG] = config
     app[METRICS] = Metrics()
     pages.setup(app)

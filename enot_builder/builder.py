@@ -79,6 +79,7 @@ TRANSIENT_GIT_ERRORS = (
     (("returned error: 50",), "{host} answered with a server error (HTTP 5xx)"),
     (("early EOF", "The remote end hung up unexpectedly"),
      "the connection to {host} broke off"),
+    (("Too many open files",), "the build server ran out of file descriptors"),
 )
 GIT_HOST = re.compile(r"(?:resolve host(?:name)?|connect to)[: ]+'?([A-Za-z0-9._-]+)")
 
@@ -86,6 +87,16 @@ GIT_HOST = re.compile(r"(?:resolve host(?:name)?|connect to)[: ]+'?([A-Za-z0-9._
 # VM (its allocators, or its C++ parts), Python (enot), the C library, a shell's fork.
 OUT_OF_MEMORY = (b"Cannot allocate", b"eheap_alloc", b"erts_mmap: Failed to create",
                  b"std::bad_alloc", b"MemoryError", b"Out of memory")
+
+# The server itself ran short (of file descriptors, memory or processes): the build
+# did nothing wrong, and may well succeed a little later.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
+def out_of_resources(e: OSError) -> str:
+    what = "file descriptors" if e.errno in (errno.EMFILE, errno.ENFILE) \
+        else "memory or processes"
+    return f"server error: the build server ran out of {what} ({e.strerror or e})"
 
 
 @dataclass
@@ -160,6 +171,8 @@ class Builder:
             build_log = BuildLog(log_path, self.config.builds.log_limit_mb * 1024 * 1024)
         except OSError as e:
             log.error("cannot open the log of build %s: %s", build_id, e)
+            if e.errno in RESOURCE_ERRNOS:
+                return Outcome(False, out_of_resources(e), retryable=True)
             return Outcome(False, f"server error: cannot write the build log ({e.strerror or e})")
         try:
             await hooks.log_opened(str(log_path))
@@ -174,8 +187,12 @@ class Builder:
             except SandboxError as e:
                 outcome = Outcome(False, f"the build sandbox is not usable: {e}")
             except OSError as e:
-                log.exception("build %s failed on the server side", build_id)
-                outcome = Outcome(False, f"server error while building: {e.strerror or e}")
+                if e.errno in RESOURCE_ERRNOS:
+                    log.error("build %s: %s", build_id, e)
+                    outcome = Outcome(False, out_of_resources(e), retryable=True)
+                else:
+                    log.exception("build %s failed on the server side", build_id)
+                    outcome = Outcome(False, f"server error while building: {e.strerror or e}")
             except Exception:
                 # A bug of ours must not kill the worker or leave the build running.
                 log.exception("build %s failed on an internal error", build_id)
@@ -684,7 +701,12 @@ def remove_tree(path: Path) -> None:
             os.chmod(parent, 0o700)
             if not os.path.islink(target) and os.path.isdir(target):
                 os.chmod(target, 0o700)
-            func(target)
+            if func in (os.rmdir, os.unlink, os.remove):
+                func(target)
+            else:  # a directory that could not be opened or listed (or no descriptor left)
+                shutil.rmtree(target, ignore_errors=True)
+                if os.path.lexists(target):
+                    log.warning("cannot remove %s", target)
         except OSError:
             log.warning("cannot remove %s", target)
 

@@ -8,9 +8,7 @@ import logging
 import os
 import sys
 
-from aiohttp import web
-
-from . import __version__, db, github, pgcluster, reachability, toolchains, validation
+from . import __version__, connections, db, github, log_flood, pgcluster, reachability, toolchains, validation
 from . import config as config_module
 from .app import create_app
 from .errors import ApiError
@@ -33,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_flood.install()
     try:
         config = config_module.load(args.config)
     except config_module.ConfigError as e:
@@ -53,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: config_module.Config) -> int:
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                shutdown_timeout=10, access_log_format='%a "%r" %s %b %Tfs')
+    connections.check_fd_budget(config, connections.raise_fd_limit())
+    connections.run(create_app(config), config)
     return 0
 
 

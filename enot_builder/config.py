@@ -28,6 +28,17 @@ class ServerConfig:
     # Base of the links in mails and pages; empty means http://host:port.
     public_url: str = ""
     max_body_size: int = 1024 * 1024
+    # Seconds for a request's whole body to arrive; past it: 408, connection closed.
+    body_timeout: int = 30
+    # Seconds a connection may sit without a complete request (idle keep-alive, or
+    # headers that never finish) before it is closed.
+    idle_timeout: int = 30
+    # Seconds a response may wait for a client that stopped reading before the
+    # connection is dropped.
+    send_timeout: int = 60
+    # Open client connections at most (a few more are kept for GET /health); each is a
+    # file descriptor, and builds and the database need theirs.
+    max_connections: int = 512
     # Seconds running builds get to finish on SIGTERM before they are requeued.
     shutdown_grace: int = 20
     # GET /badge: "svg" draws the badge here, "shields" redirects to img.shields.io.
@@ -254,6 +265,10 @@ def _coerce(current: Any, value: Any, from_env: bool) -> Any:
 def validate(config: Config) -> None:
     if not 0 < config.server.port < 65536:
         raise ConfigError("[server] port must be between 1 and 65535")
+    for key in ("max_body_size", "body_timeout", "idle_timeout", "send_timeout",
+                "max_connections"):
+        if getattr(config.server, key) <= 0:
+            raise ConfigError(f"[server] {key} must be positive")
     if config.server.badge_style not in ("svg", "shields"):
         raise ConfigError('[server] badge_style must be "svg" or "shields"')
     if config.builds.workers < 0:

@@ -80,6 +80,16 @@ def html_error(request: web.Request, status: int, message: str) -> web.Response:
     return response
 
 
+def error_for(request: web.Request, status: int, message: str, **details: Any) -> web.Response:
+    """The error as the client reads it: a page for pages, else the envelope."""
+    return html_error(request, status, message) if wants_html(request) \
+        else error_response(status, message, **details)
+
+
+def body_too_large(limit: int) -> str:
+    return f"Request body too large: the limit is {limit} bytes"
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     caught: web.HTTPException | None = None
@@ -99,8 +109,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         status, message, details = 500, "Internal server error; it has been logged", {}
-    response = html_error(request, status, message) if wants_html(request) \
-        else error_response(status, message, **details)
+    response = error_for(request, status, message, **details)
     allowed = getattr(caught, "allowed_methods", None) if status == 405 else None
     if allowed:
         response.headers["Allow"] = ", ".join(sorted(allowed))  # RFC 9110 wants it on a 405
@@ -109,7 +118,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _http_message(request: web.Request, e: web.HTTPException) -> str:
     if e.status == 413:
-        return f"Request body too large: the limit is {request.client_max_size} bytes"
+        return body_too_large(request.client_max_size)
     if e.status == 405:
         allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
         return f"Method {request.method} not allowed for {request.path}" + (

@@ -106,6 +106,7 @@ def _query(name: str, schema: dict[str, Any], required: bool = False,
 
 BAD = _error("BadRequest")
 TOO_LARGE = _error("TooLarge")
+BODY_TIMEOUT = _error("BodyTimeout")
 N_PARAM = {"type": "integer", "minimum": 1, "maximum": 1000}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -113,13 +114,13 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "Queue builds of tags of a repository; answers at once",
         "requestBody": _body(BUILD_REQUEST),
         "responses": {"202": _ok(QUEUED, "One entry per queued build"), "400": BAD,
-                      "409": _error("Conflict"), "413": TOO_LARGE,
+                      "409": _error("Conflict"), "408": BODY_TIMEOUT, "413": TOO_LARGE,
                       "503": _error("Unavailable")}}},
     "/buildSync": {"post": {
         "summary": "Queue builds and answer when all of them have ended",
         "requestBody": _body(BUILD_REQUEST),
         "responses": {"200": _ok({"type": "array", "items": BUILD_RESULT}, "Every build succeeded"),
-                      "400": BAD, "409": _error("Conflict"), "413": TOO_LARGE,
+                      "400": BAD, "409": _error("Conflict"), "408": BODY_TIMEOUT, "413": TOO_LARGE,
                       "422": _json(_obj(["result", "response", "builds"],
                                         result={"const": False}, response=STRING,
                                         builds={"type": "array", "items": BUILD_RESULT}),
@@ -130,7 +131,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "requestBody": _body(_obj(["build_id"], build_id=UUID)),
         "responses": {"202": _ok(QUEUED, "The build queued again"), "400": BAD,
                       "404": _error("NotFound"), "409": _error("Conflict"),
-                      "413": TOO_LARGE, "503": _error("Unavailable")}}},
+                      "408": BODY_TIMEOUT, "413": TOO_LARGE, "503": _error("Unavailable")}}},
     "/search": {"get": {
         "summary": "The latest finished build of each matching version",
         "parameters": [
@@ -150,12 +151,12 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "Successful builds of a package, for download",
         "requestBody": _body(PACKAGE_QUERY),
         "responses": {"200": _ok({"type": "array", "items": SUCCESSFUL_BUILD}, "Builds"),
-                      "400": BAD, "413": TOO_LARGE}}},
+                      "400": BAD, "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
     "/versions": {"post": {
         "summary": "Versions of a package that have a successful build",
         "requestBody": _body(PACKAGE_QUERY),
         "responses": {"200": _ok({"type": "array", "items": VERSION}, "Versions"),
-                      "400": BAD, "413": TOO_LARGE}}},
+                      "400": BAD, "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
     "/download/{build_id}": {"get": {
         "summary": "A build's package",
         "parameters": [{"name": "build_id", "in": "path", "required": True, "schema": UUID}],
@@ -166,7 +167,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/get": {"post": {
         "summary": "The newest successful package matching the filters",
         "requestBody": _body(PACKAGE_QUERY),
-        "responses": {"200": ARTIFACT, "400": BAD, "404": TEXT_404, "413": TOO_LARGE}}},
+        "responses": {"200": ARTIFACT, "400": BAD, "404": TEXT_404, "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
     "/build_log": {"get": {
         "summary": "A build's log; with follow=1 a running build's log streams until it ends",
         "parameters": [_query("build_id", UUID, required=True),
@@ -192,7 +193,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                      "queued again)"),
                       "202": _ok({}, "The tag's build queued, or the event ignored (with why)"),
                       "400": BAD, "401": _error("Unauthorized"), "403": _error("Forbidden"),
-                      "409": _error("Conflict"), "413": TOO_LARGE,
+                      "409": _error("Conflict"), "408": BODY_TIMEOUT, "413": TOO_LARGE,
                       "503": _error("Unavailable")}}},
     "/queue": {"get": {
         "summary": "Queued and running builds, in the order they will run",
@@ -252,7 +253,10 @@ SPEC: dict[str, Any] = {
                                          ("Unauthorized", "Unsigned or wrongly signed webhook"),
                                          ("Forbidden", "Webhooks are disabled (no secret)"),
                                          ("TooLarge", "The request body is over server.max_body_size"),
-                                         ("Unavailable", "Shutting down, or the database is down"))},
+                                         ("BodyTimeout", "The request body did not arrive within "
+                                                         "server.body_timeout"),
+                                         ("Unavailable", "Shutting down, the database is down, or (on any "
+                                                         "path) too many open connections"))},
     },
 }
 

@@ -101,6 +101,9 @@ class Sandbox:
         try:
             entry = pwd.getpwnam(self.config.build_user)
         except KeyError:
+            # The lookup reads /etc/passwd: out of descriptors it fails like an unknown
+            # user would. Opening a file tells the two apart (it raises EMFILE).
+            os.close(os.open(os.devnull, os.O_RDONLY))
             raise SandboxError(f"build user {self.config.build_user!r} does not exist") from None
         if entry.pw_uid == 0:
             raise SandboxError("[builds] build_user must not be root")

@@ -78,7 +78,7 @@ async def build_log(request: web.Request) -> web.StreamResponse:
         if path is None or not path.is_file():
             return web.Response(text=_placeholder(info), content_type="text/plain")
         return web.FileResponse(path, headers={"Content-Type": "text/plain; charset=utf-8"})
-    return await _follow(request, build_id, info)
+    return await _follow(request, build_id)
 
 
 def _placeholder(info: dict) -> str:
@@ -88,16 +88,28 @@ def _placeholder(info: dict) -> str:
     return f"Build {info['id']} ({info['status']}) has no log. {info['message']}\n"
 
 
-async def _follow(request: web.Request, build_id: str, info: dict) -> web.StreamResponse:
-    """Stream the log as it grows until the build ends (then send what is left)."""
+async def _follow(request: web.Request, build_id: str) -> web.StreamResponse:
+    """Stream the log as it grows until the build ends (then send what is left), or
+    until the client leaves. A client that stops reading is dropped by the server's
+    send_timeout (connections.py)."""
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    try:
+        await _stream(request, response, build_id)
+    except ConnectionError:
+        return response  # the client left, or was dropped for not reading
+    if request.transport is not None and not request.transport.is_closing():
+        await response.write_eof()
+    return response
+
+
+async def _stream(request: web.Request, response: web.StreamResponse, build_id: str) -> None:
     pool = request.app[POOL]
     offset = 0
     said_queued = False
-    while True:
+    while request.transport is not None and not request.transport.is_closing():
         async with cursor(pool) as cur:
             info = await store.build_log_info(cur, build_id)
         path = Path(info["log_path"]) if info["log_path"] else None
@@ -109,10 +121,8 @@ async def _follow(request: web.Request, build_id: str, info: dict) -> web.Stream
         if info["status"] in store.TERMINAL:
             if path is not None and path.is_file():
                 await _send_from(response, path, offset)
-            break
+            return
         await asyncio.sleep(FOLLOW_POLL)
-    await response.write_eof()
-    return response
 
 
 async def _send_from(response: web.StreamResponse, path: Path, offset: int) -> int:
