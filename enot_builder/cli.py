@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
 
 from . import __version__, db, pgcluster, toolchains
 from . import config as config_module
-from .app import create_app
+from .app import create_app, drain
 from .sandbox import Sandbox
 
 
@@ -40,9 +41,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: config_module.Config) -> int:
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port,
-                shutdown_timeout=10, access_log_format='%a "%r" %s %b %Tfs')
+    asyncio.run(_serve(config))
     return 0
+
+
+async def _serve(config: config_module.Config) -> None:
+    """web.run_app, but SIGTERM drains the app before the listening socket closes:
+    during the grace, clients get answers (503 for new builds), not refused connections."""
+    app = create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=10, access_log_format='%a "%r" %s %b %Tfs')
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        logging.getLogger(__name__).info("serving on %s", site.name)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await drain(app)
+    finally:
+        await runner.cleanup()
 
 
 def migrate(config: config_module.Config) -> int:

@@ -71,9 +71,9 @@ BUILD_REQUEST = _obj(
     notify_email={"type": "boolean"},
 )
 QUEUED = {"type": "array", "items": _obj(
-    ["build_id", "full_name", "ref", "erl_version", "status", "coalesced", "log"],
+    ["build_id", "full_name", "ref", "erl_version", "status", "coalesced", "existing", "log"],
     build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING, status=STRING,
-    coalesced={"type": "boolean"}, log=STRING,
+    coalesced={"type": "boolean"}, existing={"type": "boolean"}, log=STRING,
     queue_position={"type": ["integer", "null"]})}
 BUILD_RESULT = _obj(
     ["build_id", "full_name", "ref", "erl_version", "result", "status", "message",
