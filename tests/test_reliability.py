@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -161,6 +162,76 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
         log = await (await client.get("/build_log", params={
             "build_id": body["builds"][0]["build_id"]})).text()
     assert r.status == 200, log
+
+
+async def test_an_outcome_outlasts_a_long_outage(aiohttp_client: Any, data_dir: Path,
+                                                make_repo: Any, own_cluster: pgcluster.Cluster,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build ends while the database is away for longer than writes used to wait."""
+    from enot_builder import queue
+
+    # The old budget was DB_WRITE_TRIES x DB_RETRY_SECONDS (a minute); shrunk to 2 s,
+    # so that an outage of 8 s here outlasts it many times over.
+    monkeypatch.setattr(queue, "DB_WRITE_TRIES", 2)
+    monkeypatch.setattr(queue, "DB_RETRY_SECONDS", 1.0)
+    cluster = own_cluster
+    config = config_module.Config()
+    config.database.dsn = cluster.dsn
+    config.storage.data_dir = str(data_dir)
+    config.git.allowed_schemes = ["https", "file"]
+    config.builds.workers = 1
+    client = await aiohttp_client(create_app(config))
+    build_queue = client.server.app[QUEUE]
+    url = make_repo("enduring", projects.enot_project("enduring", prebuild=["sleep 3"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/enduring",
+                                               "clone_url": url,
+                                               "versions": [{"ref": "1.0.0", "erl_version": "25"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, build_id, ("running",))
+    await asyncio.to_thread(cluster.stop)
+    kept = data_dir / "outcomes" / f"{build_id}.json"
+    await wait_until(lambda: build_id in build_queue.recording and kept.exists(),
+                     "the build's outcome was never kept while the database was away")
+    await asyncio.sleep(8)  # the outage goes on, four times the old budget
+    assert build_id in build_queue.recording and kept.exists()
+    await asyncio.to_thread(cluster.ensure_started)
+    build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=60)
+    assert build["status"] == "succeeded", build["message"]
+    r = await client.get(f"/download/{build_id}")
+    assert r.status == 200
+    assert hashlib.sha256(await r.read()).hexdigest() == build["artifact_sha256"]
+    await wait_until(lambda: not kept.exists() and not build_queue.recording,
+                     "the kept outcome was not removed once written")
+
+
+async def test_the_watchdog_leaves_a_build_being_recorded_alone(make_client: Any,
+                                                               db_conn: Any) -> None:
+    client = await make_client(builds__timeout=1, builds__watchdog_margin=1)
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO repositories (namespace, name, clone_url)"
+                    " VALUES ('tester', 'stuck', 'https://github.com/tester/stuck') RETURNING id")
+        repo = cur.fetchone()[0]
+        ids = []
+        for ref in ("1.0.0", "2.0.0"):
+            cur.execute("INSERT INTO builds (repository_id, ref, erl_version, status,"
+                        " started_at, attempt, worker) VALUES (%s, %s, '25', 'running',"
+                        " now() - interval '1 hour', 1, 'ghost:1/0') RETURNING id::text",
+                        (repo, ref))
+            ids.append(cur.fetchone()[0])
+    recorded, other = ids
+    # As if this process had the first one's outcome and the database had not yet.
+    client.server.app[QUEUE].recording.add(recorded)
+    await wait_for_status(client, other, ("failed",), timeout=20)
+    # The watchdog looks at every stuck build in one pass: it has passed this one by.
+    assert (await wait_for_status(client, recorded, ("running",)))["status"] == "running"
+
+
+async def wait_until(condition: Any, failure: str, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        assert loop.time() < end, failure
+        await asyncio.sleep(0.1)
 
 
 async def test_a_superseded_build_hands_its_requests_over(client: TestClient,
