@@ -48,8 +48,7 @@ def serve(config: config_module.Config) -> int:
 async def _serve(config: config_module.Config) -> None:
     """web.run_app, but SIGTERM drains the app before the listening socket closes:
     during the grace, clients get answers (503 for new builds), not refused connections."""
-    app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=10, access_log_format='%a "%r" %s %b %Tfs')
+    runner = runner_for(create_app(config))
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
@@ -60,9 +59,16 @@ async def _serve(config: config_module.Config) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        await drain(app)
+        await drain(runner.app)
     finally:
         await runner.cleanup()
+
+
+def runner_for(app: web.Application) -> web.AppRunner:
+    # Without handler_cancellation (aiohttp's default): a handler whose client left
+    # runs to its end, so no write is cut short; a long wait (/buildSync) checks for
+    # itself whether anybody still listens.
+    return web.AppRunner(app, shutdown_timeout=10, access_log_format='%a "%r" %s %b %Tfs')
 
 
 def migrate(config: config_module.Config) -> int:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from enot_builder import cli, pgcluster
 from enot_builder import config as config_module
-from enot_builder import pgcluster
 from enot_builder.app import create_app
 from enot_builder.keys import QUEUE
 
 from . import projects
-from .conftest import wait_for_status
+from .conftest import free_port, make_config, wait_for_status
 
 
 async def test_shutdown_refuses_new_builds(client: TestClient, db_conn: Any) -> None:
@@ -224,6 +227,37 @@ async def test_the_watchdog_leaves_a_build_being_recorded_alone(make_client: Any
     await wait_for_status(client, other, ("failed",), timeout=20)
     # The watchdog looks at every stuck build in one pass: it has passed this one by.
     assert (await wait_for_status(client, recorded, ("running",)))["status"] == "running"
+
+
+async def test_a_build_sync_whose_client_left_stops_waiting(
+        pg_dsn: str, data_dir: Path, clean_db: None, make_repo: Any) -> None:
+    # The server as `enot-builder serve` runs it: aiohttp's test server would cancel
+    # the handler itself (handler_cancellation=True), the real one does not.
+    port = free_port()
+    app = create_app(make_config(pg_dsn, data_dir, builds__workers=1,
+                                 server__public_url=f"http://127.0.0.1:{port}"))
+    runner = cli.runner_for(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        build_queue = app[QUEUE]
+        url = make_repo("abandoned", projects.enot_project("abandoned", prebuild=["sleep 60"]))
+        async with aiohttp.ClientSession() as session:
+            waiting = asyncio.create_task(session.post(
+                f"http://127.0.0.1:{port}/buildSync", json={
+                    "full_name": "tester/abandoned", "clone_url": url,
+                    "versions": [{"ref": "1.0.0"}]}))
+            await wait_until(lambda: len(build_queue.waiters) == 1 and build_queue.running,
+                             "the /buildSync never waited for its running build")
+            [build_id] = build_queue.running
+            waiting.cancel()  # the client hangs up
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        await wait_until(lambda: not build_queue.waiters,
+                         "the handler of a client that left is still polling", timeout=10)
+        assert build_queue.running == [build_id]  # the build itself goes on
+    finally:
+        await runner.cleanup()
 
 
 async def wait_until(condition: Any, failure: str, timeout: float = 60) -> None:
