@@ -295,8 +295,8 @@ class BuildQueue:
         record: dict[str, Any] = {"build_id": build_id, "worker": build["worker"]}
         if retry:
             delay = self.config.builds.retry_delay * 2 ** (attempts - 1)
-            record["retry"] = {"delay": delay, "message": f"attempt {attempts} failed: "
-                                                           f"{outcome.message}; retrying in {delay} s"}
+            message = f"attempt {attempts} failed: {outcome.message}; retrying in {delay} s"
+            record["retry"] = {"delay": delay, "message": message}
         else:
             record["outcome"] = dataclasses.asdict(outcome)
         await self._record(record)
@@ -315,9 +315,12 @@ class BuildQueue:
         the next start-up replays it. Meanwhile the watchdog leaves the build alone.
         """
         build_id = record["build_id"]
-        await asyncio.to_thread(self.outcomes.save, record)
         self.recording.add(build_id)
         try:
+            try:
+                await asyncio.to_thread(self.outcomes.save, record)
+            except OSError as e:  # a full disk: the database may still take it
+                log.error("cannot keep the end of build %s on disk: %s", build_id, e)
             attempt = 0
             while True:
                 try:
