@@ -112,7 +112,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/buildAsync": {"post": {
         "summary": "Queue builds of tags of a repository; answers at once",
         "requestBody": _body(BUILD_REQUEST),
-        "responses": {"202": _ok(QUEUED, "One entry per queued build"), "400": BAD,
+        "responses": {"202": _ok(QUEUED, "One entry per version: its new build, the queued "
+                                         "or running one it joined (`coalesced`), or its "
+                                         "successful one (`existing`)"), "400": BAD,
                       "409": _error("Conflict"), "413": TOO_LARGE,
                       "503": _error("Unavailable")}}},
     "/buildSync": {"post": {

@@ -241,7 +241,7 @@ async def test_a_build_sync_whose_client_left_stops_waiting(
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         build_queue = app[QUEUE]
-        url = make_repo("abandoned", projects.enot_project("abandoned", prebuild=["sleep 60"]))
+        url = make_repo("abandoned", projects.enot_project("abandoned", prebuild=["sleep 45"]))
         async with aiohttp.ClientSession() as session:
             waiting = asyncio.create_task(session.post(
                 f"http://127.0.0.1:{port}/buildSync", json={

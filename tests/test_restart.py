@@ -104,16 +104,18 @@ def test_sigkill_mid_build_then_restart_completes_it(server: Server, make_repo: 
     assert status == 202, body
     build_id = body["response"][0]["build_id"]
     wait_status(db_conn, build_id, {"running"})
-    time.sleep(1.5)  # well inside enot's prebuild step
-    assert running_processes("sleep 6"), "the build should be running"
+    deadline = time.monotonic() + 60  # until the build is inside enot's prebuild step
+    while not running_processes("sleep 6 && echo marker-survivor"):
+        assert time.monotonic() < deadline, "the build should be running"
+        time.sleep(0.1)
 
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     # No build subprocess outlives the server: the sandbox dies with its parent.
     deadline = time.monotonic() + 5
-    while running_processes("sleep 6") and time.monotonic() < deadline:
+    while running_processes("sleep 6 && echo marker-survivor") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert running_processes("sleep 6") == []
+    assert running_processes("sleep 6 && echo marker-survivor") == []
     assert build_status(db_conn, build_id) == "running"  # as the dead process left it
 
     server.start()
@@ -162,7 +164,7 @@ def test_sigterm_grace_answers_instead_of_refusing(server: Server, make_repo: An
                                                    db_conn: Any, server_config: Path) -> None:
     server_config.write_text(server_config.read_text().replace("shutdown_grace = 2",
                                                                "shutdown_grace = 6"))
-    url = make_repo("lingering", projects.enot_project("lingering", prebuild=["sleep 60"]))
+    url = make_repo("lingering", projects.enot_project("lingering", prebuild=["sleep 45"]))
     request = {"full_name": "tester/lingering", "clone_url": url, "versions": [{"ref": "1.0.0"}]}
     server.start()
     answers: dict[str, tuple[int, Any]] = {}
