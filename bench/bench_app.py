@@ -19,6 +19,7 @@ import signal
 
 from aiohttp import web
 
+from enot_builder import cli
 from enot_builder import config as config_module
 from enot_builder.api import download
 from enot_builder.app import create_app
@@ -61,8 +62,7 @@ async def serve(config: config_module.Config) -> None:
     app.router.add_get("/bench/constant", constant)
     app.router.add_get("/bench/select1", select_one)
     app.router.add_get("/bench/file/{path:.+}", file_only)
-    # As cli.serve does with web.run_app: same access log format.
-    runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tfs')
+    runner = cli.runner_for(app)  # as `enot-builder serve` runs it
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()

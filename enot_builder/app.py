@@ -54,6 +54,16 @@ async def refuse_new_builds(app: web.Application) -> None:
         app[QUEUE].close_intake()
 
 
+async def drain(app: web.Application) -> None:
+    """The shutdown grace, while the server still listens (`enot-builder serve` runs it
+    before the runner closes anything): requests that would queue a build get 503,
+    running builds get `server.shutdown_grace` seconds, the rest are requeued, and
+    /buildSync requests still waiting are answered."""
+    await refuse_new_builds(app)
+    if QUEUE in app:
+        await app[QUEUE].stop(app[CONFIG].server.shutdown_grace)
+
+
 async def database(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     cluster = None

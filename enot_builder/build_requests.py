@@ -48,6 +48,8 @@ class BuildRequest:
     # GitHub's repository.id of a webhook delivery, checked against the binding.
     github_id: int | None = None
     delivery: Delivery | None = None
+    # Only a rebuild builds a tag again that already has a successful build.
+    rebuild: bool = False
 
 
 class Duplicate(Exception):
@@ -68,11 +70,14 @@ async def queue_in_transaction(cur: aiopg.Cursor, request: BuildRequest) -> list
         row = await store.enqueue_build(
             cur, repository_id=repository["id"], ref=version.ref,
             erl_version=version.erl_version, priority=request.priority,
-            requested_by=request.requested_by, notify_email=request.notify_email)
+            requested_by=request.requested_by, notify_email=request.notify_email,
+            reuse_success=not request.rebuild)
+        # Joined or answered builds belong to this request too: its report covers them.
         await store.link_build(cur, request_id, row["id"])
         queued.append({"build_id": row["id"], "full_name": full_name, "ref": version.ref,
-                       "erl_version": version.erl_version, "status": "queued",
-                       "coalesced": not row["inserted"],
+                       "erl_version": version.erl_version, "status": row["status"],
+                       "coalesced": row["how"] == "coalesced",
+                       "existing": row["how"] == "existing",
                        "queue_position": await store.queue_position(cur, row["id"]),
                        "log": f"/build_log?build_id={row['id']}"})
     return queued

@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+from typing import Any
+
+from aiohttp import web
 
 from . import __version__, connections, db, github, log_flood, pgcluster, reachability, toolchains, validation
 from . import config as config_module
-from .app import create_app
+from .app import create_app, drain
 from .errors import ApiError
+from .keys import CONFIG
 from .sandbox import Sandbox
 
 
@@ -53,8 +58,39 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(config: config_module.Config) -> int:
     connections.check_fd_budget(config, connections.raise_fd_limit())
-    connections.run(create_app(config), config)
+    asyncio.run(_serve(config))
     return 0
+
+
+# How `serve` runs the app (and what tests and the bench that run it in-process use).
+# No handler_cancellation (aiohttp's default): a handler whose client left runs to its
+# end, so no write is cut short; a long wait (/buildSync) checks for itself whether
+# anybody still listens.
+RUNNER_OPTIONS: dict[str, Any] = {"shutdown_timeout": 10,
+                                  "access_log_format": '%a "%r" %s %b %Tfs'}
+
+
+async def _serve(config: config_module.Config) -> None:
+    """Serve until SIGTERM or SIGINT. The signal drains the app before the listening
+    socket closes: during the grace, clients get answers (503 for new builds), not
+    refused connections."""
+    runner = await connections.start(create_app(config), config, **RUNNER_OPTIONS)
+    try:
+        logging.getLogger(__name__).info("listening on http://%s:%d", config.server.host,
+                                         config.server.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await drain(runner.app)
+    finally:
+        await runner.cleanup()
+
+
+def runner_for(app: web.Application) -> web.AppRunner:
+    """The runner `serve` uses, for an app run in-process (tests, the bench)."""
+    return connections.BoundedRunner(app, app[CONFIG], **RUNNER_OPTIONS)
 
 
 def migrate(config: config_module.Config) -> int:

@@ -286,30 +286,3 @@ async def start(app: web.Application, config: Config, **runner_options: Any) -> 
     await runner.setup()
     await web.TCPSite(runner, config.server.host, config.server.port).start()
     return runner
-
-
-def run(app: web.Application, config: Config) -> None:
-    """Serve until SIGINT or SIGTERM, as aiohttp's run_app does, with the bounds above."""
-    async def main() -> None:
-        runner = await start(app, config, handle_signals=True, shutdown_timeout=10,
-                             access_log_format='%a "%r" %s %b %Tfs')
-        log.info("listening on http://%s:%d", config.server.host, config.server.port)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    task = loop.create_task(main())
-    try:
-        loop.run_until_complete(task)
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(task)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()

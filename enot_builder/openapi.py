@@ -71,9 +71,9 @@ BUILD_REQUEST = _obj(
     notify_email={"type": "boolean"},
 )
 QUEUED = {"type": "array", "items": _obj(
-    ["build_id", "full_name", "ref", "erl_version", "status", "coalesced", "log"],
+    ["build_id", "full_name", "ref", "erl_version", "status", "coalesced", "existing", "log"],
     build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING, status=STRING,
-    coalesced={"type": "boolean"}, log=STRING,
+    coalesced={"type": "boolean"}, existing={"type": "boolean"}, log=STRING,
     queue_position={"type": ["integer", "null"]})}
 BUILD_RESULT = _obj(
     ["build_id", "full_name", "ref", "erl_version", "result", "status", "message",
@@ -113,7 +113,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/buildAsync": {"post": {
         "summary": "Queue builds of tags of a repository; answers at once",
         "requestBody": _body(BUILD_REQUEST),
-        "responses": {"202": _ok(QUEUED, "One entry per queued build"), "400": BAD,
+        "responses": {"202": _ok(QUEUED, "One entry per version: its new build, the queued "
+                                         "or running one it joined (`coalesced`), or its "
+                                         "successful one (`existing`)"), "400": BAD,
                       "409": _error("Conflict"), "408": BODY_TIMEOUT, "413": TOO_LARGE,
                       "503": _error("Unavailable")}}},
     "/buildSync": {"post": {

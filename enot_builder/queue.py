@@ -1,20 +1,22 @@
 """The build queue: the database holds it, an asyncio.Queue wakes the workers.
 
 A worker claims the next queued row with FOR UPDATE SKIP LOCKED, builds it, and
-records the outcome. At start-up, builds a dead process left running go back to the
-queue; on shutdown, running builds get a grace period, then are stopped and requeued.
-Nothing accepted is lost.
+records the outcome: kept on disk first, then written to the database however long
+that takes. At start-up, outcomes a dead process could not write are replayed and the
+other builds it left running go back to the queue; on shutdown, running builds get a
+grace period, then are stopped and requeued. Nothing accepted is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import aiopg
 import psycopg2
@@ -23,6 +25,7 @@ from . import dependencies, mail, store
 from .builder import Builder, BuildFailure, BuildHooks, Outcome, backoff, retry_delay
 from .config import Config
 from .db import cursor
+from .outcomes import OutcomeFiles
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 # Workers also look at the table this often, for builds queued by another process.
 POLL_SECONDS = 5.0
 DB_RETRY_SECONDS = 2.0
+# Writes while a build runs wait this many tries for the database (about a minute);
+# a build's outcome waits for as long as it takes.
 DB_WRITE_TRIES = 30
 
 
@@ -54,6 +59,12 @@ class BuildQueue:
         self._changed = asyncio.Event()
         self._in_hand = 0  # builds claimed here and not yet built and followed up
         self.metrics = metrics
+        self.outcomes = OutcomeFiles(config.data_dir / "outcomes")
+        # Builds whose outcome is known here but not yet in the database.
+        self.recording: set[str] = set()
+        # /buildSync handlers waiting for builds to end.
+        self.waiters: set[asyncio.Task[Any]] = set()
+        self.stopped = False
 
     @property
     def accepting(self) -> bool:
@@ -74,6 +85,7 @@ class BuildQueue:
         return self._in_hand == 0
 
     async def start(self) -> None:
+        finished = await self._replay()
         async with cursor(self.pool) as cur:
             # Builds of this host's dead processes; another host's are its own business
             # (and the watchdog's). One builder process per host.
@@ -83,6 +95,8 @@ class BuildQueue:
         if orphans:
             log.warning("requeued %d build(s) left running by a previous process", len(orphans))
         self.builder.prepare_dirs()
+        for build, outcome in finished:
+            await self._follow_up(build, outcome)
         for i in range(self.worker_count):
             self._workers.append(asyncio.create_task(self._work(i), name=f"build-worker-{i}"))
         self._watchdog = asyncio.create_task(self._watch(), name="build-watchdog")
@@ -91,6 +105,17 @@ class BuildQueue:
     def wake(self, n: int = 1) -> None:
         for _ in range(n):
             self._wake.put_nowait(None)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count the current task among those waiting for builds to end."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.waiters.add(task)
+        try:
+            yield
+        finally:
+            self.waiters.discard(task)
 
     async def wait_changed(self, timeout: float) -> None:
         """Return when some build finished, or after `timeout` seconds."""
@@ -118,6 +143,9 @@ class BuildQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
+        # Whoever still waits for a build learns that it will not end in this process.
+        self.stopped = True
+        self._announce()
 
     async def _work(self, index: int) -> None:
         worker = f"{self.name}/{index}"
@@ -222,6 +250,8 @@ class BuildQueue:
                 async with cursor(self.pool) as cur:
                     stuck = await store.stuck_builds(cur, limit)
                     for build_id in stuck:
+                        if build_id in self.recording:
+                            continue  # it has ended here; its outcome is on its way
                         task = self._running.get(build_id)
                         if task is not None:
                             log.error("watchdog: stopping build %s, running past %d s",
@@ -238,13 +268,13 @@ class BuildQueue:
             except (psycopg2.Error, OSError) as e:
                 log.warning("watchdog cannot read the builds: %s", e)
 
-    async def _write(self, statement: Callable[[aiopg.Cursor], Awaitable[None]],
-                     tries: int = DB_WRITE_TRIES) -> bool:
+    async def _write(self, statement: Callable[[aiopg.Cursor], Awaitable[Any]],
+                     tries: int | None = None) -> bool:
         """Run a write for a running build, riding out a database outage of up to a minute.
 
         The build goes on meanwhile; False when the database stayed away.
         """
-        for attempt in range(tries):
+        for attempt in range(DB_WRITE_TRIES if tries is None else tries):
             try:
                 async with cursor(self.pool) as cur:
                     await statement(cur)
@@ -269,33 +299,70 @@ class BuildQueue:
         build_id = str(build["id"])
         attempts = build["attempt"]
         delay = retry_delay(self.config.builds, attempts, outcome)
-        if delay is not None:
-            message = (f"attempt {attempts} of {self.config.builds.max_attempts} failed: "
-                       f"{outcome.message}; retrying in {delay} s")
-            if await self._write(lambda cur: store.requeue_build(
-                    cur, build_id, worker=build["worker"], delay=delay, message=message,
-                    attempt_counts=True)):
-                log.info("build %s will be retried in %d s: %s", build_id, delay,
-                         outcome.message)
-            # Whoever waits for this build (/buildSync, the build page) sees the retry.
-            self._announce()
-            return False
-        if not outcome.succeeded and outcome.retryable and attempts > 1:
+        if delay is None and not outcome.succeeded and outcome.retryable and attempts > 1:
             # Where the time went: the retries and the waits between them.
             waits = ", ".join(f"{backoff(self.config.builds, n)} s" for n in range(1, attempts))
             outcome.message += f" (gave up after {attempts} attempts, retried after {waits})"
-        recorded = await self._write(lambda cur: store.finish_build(
-            cur, build_id, worker=build["worker"], succeeded=outcome.succeeded,
-            message=outcome.message,
-            artifact_path=outcome.artifact_path, artifact_name=outcome.artifact_name,
-            artifact_sha256=outcome.artifact_sha256, artifact_size=outcome.artifact_size))
-        if not recorded:
-            # It stays 'running'; the watchdog or the next start-up deals with it.
-            log.error("could not record the result of build %s", build_id)
+        record: dict[str, Any] = {"build_id": build_id, "worker": build["worker"]}
+        if delay is not None:
+            message = (f"attempt {attempts} of {self.config.builds.max_attempts} failed: "
+                       f"{outcome.message}; retrying in {delay} s")
+            record["retry"] = {"delay": delay, "message": message}
+        else:
+            record["outcome"] = dataclasses.asdict(outcome)
+        await self._record(record)
+        if delay is not None:
+            log.info("build %s will be retried in %d s: %s", build_id, delay, outcome.message)
+            # Whoever waits for this build (/buildSync, the build page) sees the retry.
+            self._announce()
+            return False
         log.info("build %s %s: %s", build_id, "succeeded" if outcome.succeeded else "failed",
                  outcome.message)
         self._announce()
         return True
+
+    async def _record(self, record: dict[str, Any]) -> None:
+        """Write an ended build's record to the database, waiting out any outage.
+
+        The record is on disk first: if this process dies before the database has it,
+        the next start-up replays it. Meanwhile the watchdog leaves the build alone.
+        """
+        build_id = record["build_id"]
+        self.recording.add(build_id)
+        try:
+            try:
+                await asyncio.to_thread(self.outcomes.save, record)
+            except OSError as e:  # a full disk: the database may still take it
+                log.error("cannot keep the end of build %s on disk: %s", build_id, e)
+            attempt = 0
+            while True:
+                try:
+                    async with cursor(self.pool) as cur:
+                        await _apply(cur, record)
+                    break
+                except (psycopg2.Error, OSError) as e:
+                    attempt += 1
+                    log.warning("cannot record the end of build %s yet (try %d; kept in %s): "
+                                "%s", build_id, attempt, self.outcomes.directory, e)
+                    await asyncio.sleep(DB_RETRY_SECONDS)
+        finally:
+            self.recording.discard(build_id)
+        await asyncio.to_thread(self.outcomes.drop, build_id)
+
+    async def _replay(self) -> list[tuple[dict[str, Any], Outcome]]:
+        """Write the records a previous process kept; return the builds that ended."""
+        ended = []
+        for record in await asyncio.to_thread(self.outcomes.pending):
+            build_id = record["build_id"]
+            async with cursor(self.pool) as cur:
+                written = await _apply(cur, record)
+                build = await store.get_build(cur, build_id)
+            log.warning("replayed the end of build %s kept by a previous process%s", build_id,
+                        "" if written else " (it had been recorded or moved on already)")
+            if written and "outcome" in record and build is not None:
+                ended.append((build, Outcome(**record["outcome"])))
+            await asyncio.to_thread(self.outcomes.drop, build_id)
+        return ended
 
     def _hooks(self, build: dict[str, Any]) -> BuildHooks:
         build_id = str(build["id"])
@@ -328,3 +395,18 @@ class BuildQueue:
             return first
 
         return BuildHooks(log_opened, source_known, releases_known)
+
+
+async def _apply(cur: aiopg.Cursor, record: dict[str, Any]) -> bool:
+    """Write an ended build's record; False when the build had moved on already."""
+    if "retry" in record:
+        return await store.requeue_build(cur, record["build_id"], worker=record["worker"],
+                                         delay=record["retry"]["delay"],
+                                         message=record["retry"]["message"],
+                                         attempt_counts=True)
+    outcome = record["outcome"]
+    return await store.finish_build(
+        cur, record["build_id"], worker=record["worker"], succeeded=outcome["succeeded"],
+        message=outcome["message"], artifact_path=outcome["artifact_path"],
+        artifact_name=outcome["artifact_name"], artifact_sha256=outcome["artifact_sha256"],
+        artifact_size=outcome["artifact_size"])

@@ -163,27 +163,77 @@ async def find_repository(cur: aiopg.Cursor, namespace: str, name: str) -> Row |
 
 # --- the queue --------------------------------------------------------------------
 
+# The advisory lock space of build keys (the other argument is a hash of the
+# repository and tag): requests for one tag, and the end of its builds, take turns.
+_BUILD_KEY_LOCK = 0x656E6F75
+
+
+async def _lock_build_key(cur: aiopg.Cursor, repository_id: int, ref: str) -> None:
+    """Serialize, until the transaction ends, everything that asks whether a tag has a
+    build: the check and the insert of concurrent requests, and a build finishing.
+
+    Per tag, not per Erlang release: a build left to the package learns its release
+    only while it runs. A hash collision only makes two tags wait for each other.
+    """
+    await cur.execute("SELECT pg_advisory_xact_lock(%(space)s, hashtext(%(key)s))",
+                      {"space": _BUILD_KEY_LOCK, "key": f"{repository_id} {ref}"})
+
+
 async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
                         erl_version: str | None, priority: int = 0, requested_by: str = "api",
-                        notify_email: bool = False, parent_id: str | None = None) -> Row:
-    """Queue a build, or join the identical one already queued. Returns id and inserted."""
+                        notify_email: bool = False, parent_id: str | None = None,
+                        reuse_success: bool = False) -> Row:
+    """Queue a build, or join the identical one already queued or running; with
+    `reuse_success`, a tag already built successfully is answered with that build.
+
+    Must run inside the caller's transaction, which holds the tag's lock until it
+    commits, so that concurrent identical requests make one build. A request that
+    leaves the release to the package is identical to any build of the tag that was
+    not split off from another (its release is known only once it runs).
+    Returns id, status and how: "queued" (new), "coalesced" or "existing".
+    """
+    await _lock_build_key(cur, repository_id, ref)
+    await cur.execute(
+        """
+        SELECT b.id::text AS id, b.status::text AS status FROM builds b
+        WHERE b.repository_id = %(repository_id)s AND b.ref = %(ref)s
+          AND (b.status IN ('queued', 'running') OR (%(reuse)s AND b.status = 'succeeded'))
+          AND CASE WHEN %(erl_version)s::text IS NULL THEN b.parent_id IS NULL
+                   ELSE b.erl_version = %(erl_version)s END
+        ORDER BY b.status = 'succeeded', b.created_at DESC
+        LIMIT 1
+        """,
+        {"repository_id": repository_id, "ref": ref, "erl_version": erl_version,
+         "reuse": reuse_success},
+    )
+    found = await cur.fetchone()
+    if found is not None and found["status"] == "succeeded":
+        return {**found, "how": "existing"}
+    if found is not None:
+        # A person joining a dependency's build or a pending retry lifts it to them.
+        await cur.execute(
+            """
+            UPDATE builds SET priority = greatest(priority, %(priority)s),
+                              notify_email = notify_email OR %(notify_email)s,
+                              not_before = NULL
+            WHERE id = %(id)s
+            """,
+            {"id": found["id"], "priority": priority, "notify_email": notify_email},
+        )
+        return {**found, "how": "coalesced"}
     await cur.execute(
         """
         INSERT INTO builds (repository_id, ref, erl_version, priority, requested_by,
                             notify_email, parent_id)
         VALUES (%(repository_id)s, %(ref)s, %(erl_version)s, %(priority)s, %(requested_by)s,
                 %(notify_email)s, %(parent_id)s)
-        ON CONFLICT (repository_id, ref, coalesce(erl_version, '')) WHERE status = 'queued'
-        DO UPDATE SET priority = greatest(builds.priority, EXCLUDED.priority),
-                      notify_email = builds.notify_email OR EXCLUDED.notify_email,
-                      not_before = NULL
-        RETURNING id::text AS id, (xmax = 0) AS inserted
+        RETURNING id::text AS id, status::text AS status
         """,
         {"repository_id": repository_id, "ref": ref, "erl_version": erl_version,
          "priority": priority, "requested_by": requested_by, "notify_email": notify_email,
          "parent_id": parent_id},
     )
-    return await cur.fetchone()
+    return {**await cur.fetchone(), "how": "queued"}
 
 
 async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
@@ -216,8 +266,9 @@ async def running_builds(cur: aiopg.Cursor, host: str) -> list[str]:
 
 async def requeue_build(cur: aiopg.Cursor, build_id: str, *, worker: str | None = None,
                         delay: float = 0, message: str | None = None,
-                        attempt_counts: bool = False) -> None:
-    """A running build goes back to the queue (after `delay` seconds).
+                        attempt_counts: bool = False) -> bool:
+    """A running build goes back to the queue (after `delay` seconds); False when it
+    was not running (as `worker`) any more.
 
     On a retry the attempt counts; after an interruption (shutdown, a dead process)
     it does not. When an identical build was queued meanwhile (one queued copy is
@@ -258,6 +309,7 @@ async def requeue_build(cur: aiopg.Cursor, build_id: str, *, worker: str | None 
                 " ON CONFLICT DO NOTHING",
                 {"id": build_id, "successor": row["successor"]},
             )
+        return row is not None
 
 
 async def stuck_builds(cur: aiopg.Cursor, seconds: int) -> list[str]:
@@ -292,13 +344,24 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
                        worker: str | None = None,
                        artifact_path: str | None = None, artifact_name: str | None = None,
                        artifact_sha256: str | None = None,
-                       artifact_size: int | None = None) -> None:
-    """Record the result and move the version's build pointers, in one transaction."""
+                       artifact_size: int | None = None) -> bool:
+    """Record the result and move the version's build pointers, in one transaction.
+
+    False when the build was no longer running (as `worker`): nothing was written.
+    """
     params = {"id": build_id, "status": "succeeded" if succeeded else "failed",
               "message": message, "artifact_path": artifact_path,
               "artifact_name": artifact_name, "artifact_sha256": artifact_sha256,
               "artifact_size": artifact_size, "worker": worker}
     async with cur.begin():
+        await cur.execute("SELECT repository_id, ref FROM builds WHERE id = %(id)s", params)
+        key = await cur.fetchone()
+        if key is None:
+            return False
+        # Before the row's lock, as enqueue_build takes them: a request that joins
+        # this build commits before the end is recorded (its report covers it), or
+        # sees the end and does not join.
+        await _lock_build_key(cur, key["repository_id"], key["ref"])
         await cur.execute(
             """
             UPDATE builds SET status = %(status)s::build_status, message = %(message)s,
@@ -312,8 +375,10 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
             params,
         )
         row = await cur.fetchone()
-        if row is None or row["erl_version"] is None:
-            return  # requeued or cancelled meanwhile, or failed before a release was known
+        if row is None:
+            return False  # requeued or cancelled meanwhile
+        if row["erl_version"] is None:
+            return True  # failed before a release was known: no version to point at
         await cur.execute(
             """
             INSERT INTO package_versions AS pv (repository_id, ref, erl_version, last_build_id,
@@ -332,6 +397,7 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
         version = await cur.fetchone()
         await cur.execute("UPDATE builds SET package_version_id = %(pv)s WHERE id = %(id)s",
                           {"pv": version["id"], "id": build_id})
+        return True
 
 
 # --- reading builds ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import tarfile
@@ -153,6 +154,92 @@ async def test_identical_queued_builds_coalesce(make_client: Any, make_repo: Any
     assert (first["coalesced"], second["coalesced"]) == (False, True)
     done = await wait_for_status(client, first["build_id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["message"]
+
+
+async def test_identical_requests_make_one_build_queued_running_or_done(
+        make_client: Any, make_repo: Any, db_conn: Any) -> None:
+    client = await make_client(builds__workers=1)
+    url = make_repo("crowd", projects.enot_project("crowd", prebuild=["sleep 3"]))
+    # The release is left to the package, as the 100 requests that made 3 builds did.
+    request = {"full_name": "tester/crowd", "clone_url": url, "versions": [{"ref": "1.0.0"}]}
+    responses = await asyncio.gather(*(client.post("/buildAsync", json=request)
+                                       for _ in range(100)))
+    assert [r.status for r in responses] == [202] * 100
+    entries = [(await r.json())["response"][0] for r in responses]
+    build_id = entries[0]["build_id"]
+    assert {e["build_id"] for e in entries} == {build_id}
+    assert sorted(e["coalesced"] for e in entries) == [False] + [True] * 99
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM builds")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT count(*) FROM request_builds WHERE build_id = %s", (build_id,))
+        assert cur.fetchone()[0] == 100  # every request's report covers the build
+
+    # Running, its release chosen from the package: a request joins it.
+    build = await wait_for_status(client, build_id, ("running",))
+    while build["erl_version"] is None:
+        build = await wait_for_status(client, build_id, ("running",))
+    r = await client.post("/buildAsync", json=request)
+    [joined] = (await r.json())["response"]
+    assert (joined["build_id"], joined["status"], joined["coalesced"]) == \
+        (build_id, "running", True)
+
+    # Done: a request answers the existing build; only /rebuild builds the tag again.
+    done = await wait_for_status(client, build_id, ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["message"]
+    status, body = await build_sync(client, "tester/crowd", url, [{"ref": "1.0.0"}])
+    assert status == 200, body
+    r = await client.post("/buildAsync", json={**request, "versions": [
+        {"ref": "1.0.0", "erl_version": "25"}]})
+    [existing] = (await r.json())["response"]
+    assert body["response"][0]["build_id"] == build_id
+    assert (existing["build_id"], existing["status"], existing["existing"],
+            existing["coalesced"]) == (build_id, "succeeded", True, False)
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM builds")
+        assert cur.fetchone()[0] == 1
+    r = await client.post("/rebuild", json={"build_id": build_id})
+    [again] = (await r.json())["response"]
+    assert again["build_id"] != build_id and again["existing"] is False
+
+
+async def test_concurrent_enqueues_of_one_tag_take_turns(client: TestClient,
+                                                         db_conn: Any) -> None:
+    """Two transactions queue the same tag: the second waits for the first, then joins.
+
+    Requests through HTTP also meet on their repository's row; builds split off by
+    release and dependency scans only have enqueue_build's own lock.
+    """
+    from enot_builder import store
+    from enot_builder.keys import POOL
+
+    pool = client.server.app[POOL]
+    async with pool.acquire() as c1, c1.cursor() as cur1, pool.acquire() as c2, \
+            c2.cursor() as cur2:
+        repo = await store.bind_repository(cur1, "tester", "turns",
+                                           "https://github.com/tester/turns", False)
+        key = {"repository_id": repo["id"], "ref": "1.0.0", "erl_version": "25"}
+        await cur1.execute("BEGIN")
+        first = await store.enqueue_build(cur1, **key)
+
+        async def second() -> dict[str, Any]:
+            async with cur2.begin():
+                return await store.enqueue_build(cur2, **key)
+
+        task = asyncio.create_task(second())
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # the second transaction waits for a lock the first one holds
+            with db_conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                if cur.fetchone()[0] == 1:
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "the second never waited"
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.05)
+        await cur1.execute("COMMIT")
+        joined = await task
+    assert first["how"] == "queued"
+    assert (joined["id"], joined["how"]) == (first["id"], "coalesced")
 
 
 async def test_timeout_kills_the_whole_build(make_client: Any, make_repo: Any) -> None:

@@ -292,3 +292,19 @@ async def test_retry_delay_doubles(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     assert waits == [0.5, 1.0, 2.0, 4.0]
     assert (mailer.stats.retried, mailer.stats.failed, mailer.stats.sent) == (4, 1, 0)
+
+
+async def test_a_request_that_joins_a_running_build_gets_its_report(
+        make_client: Any, make_repo: Any, smtp: tuple[Inbox, int]) -> None:
+    inbox, port = smtp
+    client = await make_client(mail__host="127.0.0.1", mail__port=port,
+                               mail__sender="builder@example.org")
+    url = make_repo("joined", projects.enot_project("joined", prebuild=["sleep 2"]))
+    request = {"full_name": "tester/joined", "clone_url": url, "versions": [{"ref": "1.0.0"}]}
+    first = (await (await client.post("/buildAsync", json=request)).json())["response"][0]
+    await wait_for_status(client, first["build_id"], ("running",))
+    second = (await (await client.post("/buildAsync", json=request)).json())["response"][0]
+    assert (second["build_id"], second["coalesced"]) == (first["build_id"], True)
+    await wait_for_mail(inbox, 2)  # one report per request, the joined one's too
+    assert [m["Subject"] for _, m in inbox.messages] == [
+        "[enot-builder] tester/joined 1.0.0: built"] * 2

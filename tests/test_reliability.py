@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import hashlib
 import re
 import shutil
 import subprocess
@@ -11,17 +13,21 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from enot_builder import cli, pgcluster
 from enot_builder import config as config_module
-from enot_builder import pgcluster
 from enot_builder.app import create_app
 from enot_builder.keys import BUILDER, QUEUE
 
 from . import projects
 from .conftest import (
     eventually,
+    free_port,
+    make_config,
     no_process_left,
     require,
     running_processes,
@@ -253,6 +259,107 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
     assert r.status == 200, log
 
 
+async def test_an_outcome_outlasts_a_long_outage(aiohttp_client: Any, data_dir: Path,
+                                                make_repo: Any, own_cluster: pgcluster.Cluster,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build ends while the database is away for longer than writes used to wait."""
+    from enot_builder import queue
+
+    # The old budget was DB_WRITE_TRIES x DB_RETRY_SECONDS (a minute); shrunk to 2 s,
+    # so that an outage of 8 s here outlasts it many times over.
+    monkeypatch.setattr(queue, "DB_WRITE_TRIES", 2)
+    monkeypatch.setattr(queue, "DB_RETRY_SECONDS", 1.0)
+    cluster = own_cluster
+    config = config_module.Config()
+    config.database.dsn = cluster.dsn
+    config.storage.data_dir = str(data_dir)
+    config.git.allowed_schemes = ["https", "file"]
+    config.builds.workers = 1
+    client = await aiohttp_client(create_app(config))
+    build_queue = client.server.app[QUEUE]
+    url = make_repo("enduring", projects.enot_project("enduring", prebuild=["sleep 3"]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/enduring",
+                                               "clone_url": url,
+                                               "versions": [{"ref": "1.0.0", "erl_version": "25"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, build_id, ("running",))
+    await asyncio.to_thread(cluster.stop)
+    kept = data_dir / "outcomes" / f"{build_id}.json"
+    await wait_until(lambda: build_id in build_queue.recording and kept.exists(),
+                     "the build's outcome was never kept while the database was away")
+    await asyncio.sleep(8)  # the outage goes on, four times the old budget
+    assert build_id in build_queue.recording and kept.exists()
+    await asyncio.to_thread(cluster.ensure_started)
+    build = await wait_for_status(client, build_id, ("succeeded", "failed"), timeout=60)
+    assert build["status"] == "succeeded", build["message"]
+    r = await client.get(f"/download/{build_id}")
+    assert r.status == 200
+    assert hashlib.sha256(await r.read()).hexdigest() == build["artifact_sha256"]
+    await wait_until(lambda: not kept.exists() and not build_queue.recording,
+                     "the kept outcome was not removed once written")
+
+
+async def test_the_watchdog_leaves_a_build_being_recorded_alone(make_client: Any,
+                                                               db_conn: Any) -> None:
+    client = await make_client(builds__timeout=1, builds__watchdog_margin=1)
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO repositories (namespace, name, clone_url)"
+                    " VALUES ('tester', 'stuck', 'https://github.com/tester/stuck') RETURNING id")
+        repo = cur.fetchone()[0]
+        ids = []
+        for ref in ("1.0.0", "2.0.0"):
+            cur.execute("INSERT INTO builds (repository_id, ref, erl_version, status,"
+                        " started_at, attempt, worker) VALUES (%s, %s, '25', 'running',"
+                        " now() - interval '1 hour', 1, 'ghost:1/0') RETURNING id::text",
+                        (repo, ref))
+            ids.append(cur.fetchone()[0])
+    recorded, other = ids
+    # As if this process had the first one's outcome and the database had not yet.
+    client.server.app[QUEUE].recording.add(recorded)
+    await wait_for_status(client, other, ("failed",), timeout=20)
+    # The watchdog looks at every stuck build in one pass: it has passed this one by.
+    assert (await wait_for_status(client, recorded, ("running",)))["status"] == "running"
+
+
+async def test_a_build_sync_whose_client_left_stops_waiting(
+        pg_dsn: str, data_dir: Path, clean_db: None, make_repo: Any) -> None:
+    # The server as `enot-builder serve` runs it: aiohttp's test server would cancel
+    # the handler itself (handler_cancellation=True), the real one does not.
+    port = free_port()
+    app = create_app(make_config(pg_dsn, data_dir, builds__workers=1,
+                                 server__public_url=f"http://127.0.0.1:{port}"))
+    runner = cli.runner_for(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        build_queue = app[QUEUE]
+        url = make_repo("abandoned", projects.enot_project("abandoned", prebuild=["sleep 45"]))
+        async with aiohttp.ClientSession() as session:
+            waiting = asyncio.create_task(session.post(
+                f"http://127.0.0.1:{port}/buildSync", json={
+                    "full_name": "tester/abandoned", "clone_url": url,
+                    "versions": [{"ref": "1.0.0"}]}))
+            await wait_until(lambda: len(build_queue.waiters) == 1 and build_queue.running,
+                             "the /buildSync never waited for its running build")
+            [build_id] = build_queue.running
+            waiting.cancel()  # the client hangs up
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        await wait_until(lambda: not build_queue.waiters,
+                         "the handler of a client that left is still polling", timeout=10)
+        assert build_queue.running == [build_id]  # the build itself goes on
+    finally:
+        await runner.cleanup()
+
+
+async def wait_until(condition: Any, failure: str, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        assert loop.time() < end, failure
+        await asyncio.sleep(0.1)
+
+
 async def test_a_superseded_build_hands_its_requests_over(client: TestClient,
                                                           db_conn: Any) -> None:
     """Interrupted while an identical build was queued: the queued one takes over."""
@@ -272,8 +379,12 @@ async def test_a_superseded_build_hands_its_requests_over(client: TestClient,
         await store.link_build(cur, request, first)
         claimed = await store.claim_build(cur, "test:1/0")
         assert str(claimed["id"]) == first
-        second = (await store.enqueue_build(cur, repository_id=repo["id"], ref="1.0.0",
-                                            erl_version="25"))["id"]
+        # enqueue_build joins the running build now; an identical queued row next to it
+        # is one queued before coalescing covered running builds, so insert it directly.
+        await cur.execute("INSERT INTO builds (repository_id, ref, erl_version) VALUES"
+                          " (%(repo)s, '1.0.0', '25') RETURNING id::text AS id",
+                          {"repo": repo["id"]})
+        second = (await cur.fetchone())["id"]
         await store.requeue_build(cur, first, worker="test:1/0")
         statuses = await store.build_statuses(cur, [first])
     assert [(s["id"], s["status"]) for s in statuses] == [(second, "queued")]

@@ -6,10 +6,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import psycopg2
 import pytest
 
 from enot_builder import pgcluster
@@ -103,13 +105,15 @@ def test_sigkill_mid_build_then_restart_completes_it(server: Server, make_repo: 
     assert status == 202, body
     build_id = body["response"][0]["build_id"]
     wait_status(db_conn, build_id, {"running"})
-    # Killed well inside enot's prebuild step: once its sleep runs.
-    eventually_sync(lambda: running_processes("sleep 6"), "the build's sleep 6 starting")
+    # Killed well inside enot's prebuild step: once its sleep runs. (The whole command
+    # line: other tests' builds may be sleeping too.)
+    eventually_sync(lambda: running_processes("sleep 6 && echo marker-survivor"),
+                    "the build's sleep 6 starting")
 
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait()
     # No build subprocess outlives the server: the sandbox dies with its parent.
-    eventually_sync(lambda: not running_processes("sleep 6"),
+    eventually_sync(lambda: not running_processes("sleep 6 && echo marker-survivor"),
                     "the build's processes dying with the server", 30)
     assert build_status(db_conn, build_id) == "running"  # as the dead process left it
 
@@ -250,3 +254,98 @@ def test_two_servers_on_one_database_claim_distinct_builds(
                 server.proc.send_signal(signal.SIGTERM)
                 server.proc.wait(timeout=60)
             shutil.rmtree(data, ignore_errors=True)
+
+
+def test_sigterm_grace_answers_instead_of_refusing(server: Server, make_repo: Any,
+                                                   db_conn: Any, server_config: Path) -> None:
+    server_config.write_text(server_config.read_text().replace("shutdown_grace = 2",
+                                                               "shutdown_grace = 6"))
+    url = make_repo("lingering", projects.enot_project("lingering", prebuild=["sleep 45"]))
+    request = {"full_name": "tester/lingering", "clone_url": url, "versions": [{"ref": "1.0.0"}]}
+    server.start()
+    answers: dict[str, tuple[int, Any]] = {}
+    waiting = threading.Thread(
+        target=lambda: answers.update(sync=http.post(server.port, "/buildSync", request)))
+    waiting.start()
+    build_id = wait_for_build(db_conn, "lingering", "running")
+    server.proc.send_signal(signal.SIGTERM)
+
+    # In the grace: new connections are answered, a request for a build gets 503.
+    deadline = time.monotonic() + 5
+    while True:
+        status, body = http.post(server.port, "/buildAsync", request)
+        if status == 503:
+            break
+        assert status == 202 and body["response"][0]["coalesced"], body  # before the signal
+        assert time.monotonic() < deadline, "the intake never closed"
+        time.sleep(0.05)
+    assert body == {"result": False, "response": "The server is shutting down and takes no "
+                                                 "new builds; retry shortly"}
+    assert http.get(server.port, "/last_builds")[0] == 200  # reading still works
+
+    # The build outlives the grace: the waiting /buildSync is told so, not a 500.
+    waiting.join(timeout=60)
+    status, body = answers["sync"]
+    assert status == 503, body
+    assert body["response"].startswith("The server is shutting down before 1 of 1 builds "
+                                       "ended; they stay queued"), body
+    assert f"/build_log?build_id={build_id}" in body["response"]
+    assert [b["status"] for b in body["builds"]] == ["queued"]
+    assert server.proc.wait(timeout=60) == 0
+    assert build_status(db_conn, build_id) == "queued"
+
+
+def wait_for_build(db_conn: Any, name: str, status: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT b.id::text FROM builds b JOIN repositories r"
+                        " ON r.id = b.repository_id WHERE r.name = %s AND b.status = %s",
+                        (name, status))
+            row = cur.fetchone()
+        if row is not None:
+            return row[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no build of {name} became {status}")
+
+
+def test_an_outcome_kept_through_an_outage_is_replayed_after_a_restart(
+        server: Server, server_config: Path, pg_dsn: str, data_dir: Path, make_repo: Any,
+        own_cluster: pgcluster.Cluster) -> None:
+    """The build ends while the database is away, the server dies, both come back."""
+    server_config.write_text(server_config.read_text().replace(pg_dsn, own_cluster.dsn))
+    url = make_repo("kept", projects.enot_project("kept", prebuild=["sleep 3"]))
+    server.start()
+    status, body = http.post(server.port, "/buildAsync", {
+        "full_name": "tester/kept", "clone_url": url,
+        "versions": [{"ref": "1.0.0", "erl_version": "25"}]})
+    assert status == 202, body
+    build_id = body["response"][0]["build_id"]
+    with psycopg2.connect(own_cluster.dsn) as conn:
+        conn.autocommit = True
+        wait_status(conn, build_id, {"running"})
+        with conn.cursor() as cur:
+            cur.execute("SELECT started_at FROM builds WHERE id = %s", (build_id,))
+            started_at = cur.fetchone()[0]
+    own_cluster.stop()
+    kept = data_dir / "outcomes" / f"{build_id}.json"
+    deadline = time.monotonic() + 120
+    while not kept.exists():
+        assert time.monotonic() < deadline, "the outcome was never kept: " + server.log.read_text()
+        time.sleep(0.2)
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait()
+
+    own_cluster.ensure_started()
+    server.start()
+    with psycopg2.connect(own_cluster.dsn) as conn:
+        conn.autocommit = True
+        assert wait_status(conn, build_id, {"succeeded", "failed"}) == "succeeded"
+        with conn.cursor() as cur:
+            cur.execute("SELECT started_at, attempt FROM builds WHERE id = %s", (build_id,))
+            assert cur.fetchone() == (started_at, 1)  # recorded, not built again
+    assert not kept.exists()
+    assert f"replayed the end of build {build_id}" in server.log.read_text()
+    assert http.get(server.port, f"/download/{build_id}")[0] == 200
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0

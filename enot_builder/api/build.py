@@ -33,12 +33,21 @@ async def build_sync(request: web.Request) -> web.Response:
     queued = await submit(request.app, await _parse(request))
     ids = [entry["build_id"] for entry in queued]
     queue = request.app[QUEUE]
-    while True:
-        async with cursor(request.app[POOL]) as cur:
-            builds = await store.build_statuses(cur, ids)
-        if all(b["status"] in store.TERMINAL for b in builds):
-            break
-        await queue.wait_changed(timeout=1.0)
+    with queue.waiting():
+        while True:
+            if request.transport is None or request.transport.is_closing():
+                # Nobody reads the answer any more: stop polling (the builds go on).
+                return error_response(499, "The client closed the request before its "
+                                           "builds ended")
+            # Read before the statuses: a build that ended in the grace is still reported.
+            stopped = queue.stopped
+            async with cursor(request.app[POOL]) as cur:
+                builds = await store.build_statuses(cur, ids)
+            if all(b["status"] in store.TERMINAL for b in builds):
+                break
+            if stopped:
+                return _shutting_down(builds)
+            await queue.wait_changed(timeout=1.0)
     results = [_result(b) for b in builds]
     failed = [r for r in results if not r["result"]]
     if failed:
@@ -47,6 +56,15 @@ async def build_sync(request: web.Request) -> web.Response:
         return error_response(422, f"{len(failed)} of {len(results)} builds failed: {summary}",
                               builds=results)
     return envelope(results)
+
+
+def _shutting_down(builds: list[dict[str, Any]]) -> web.Response:
+    pending = [b for b in builds if b["status"] not in store.TERMINAL]
+    links = ", ".join(f"/build_log?build_id={b['id']}" for b in pending)
+    return error_response(
+        503, f"The server is shutting down before {len(pending)} of {len(builds)} builds "
+             f"ended; they stay queued and will run when it is back: follow them at {links}",
+        builds=[_result(b) for b in builds])
 
 
 def _result(build: dict[str, Any]) -> dict[str, Any]:
@@ -74,4 +92,4 @@ async def queue_again(app: web.Application, build_id: str) -> list[dict[str, Any
     versions = [validation.VersionRequest(build["ref"], build["erl_version"])]
     return await submit(app, BuildRequest(
         build["namespace"], build["name"], build["clone_url"], versions,
-        notify_email=build["notify_email"], requested_by="rebuild"))
+        notify_email=build["notify_email"], requested_by="rebuild", rebuild=True))
