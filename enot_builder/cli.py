@@ -12,7 +12,7 @@ from aiohttp import web
 from . import __version__, db, pgcluster, toolchains
 from . import config as config_module
 from .app import create_app
-from .sandbox import Sandbox
+from .sandbox import Sandbox, SandboxError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return {"serve": serve, "migrate": migrate, "check": check}[args.command](config)
-    except (db.SchemaError, pgcluster.ClusterError) as e:
+    except (db.SchemaError, pgcluster.ClusterError, SandboxError) as e:
         print(f"enot-builder: {e}", file=sys.stderr)
         return 1
 
@@ -77,6 +77,7 @@ def check(config: config_module.Config) -> int:
     print(f"enot:       {found.enot or 'MISSING'}"
           + (f" (version {found.enot_version})" if found.enot_version else ""))
     print(f"bubblewrap: {found.bwrap or 'missing'}")
+    print(f"slirp4netns: {found.slirp4netns or 'missing'}")
     print(f"sandbox:    {Sandbox(config.builds, found).mode}")
     if found.erlangs:
         for release, installation in sorted(found.erlangs.items()):
