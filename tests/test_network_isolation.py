@@ -31,7 +31,8 @@ import pytest
 from enot_builder import netstack
 
 from . import projects
-from .conftest import world_readable_tempdir
+from .conftest import free_port, world_readable_tempdir
+from .test_cli import run as run_cli
 from .test_dependencies import dep, settle
 from .test_hostile import hostile_build
 
@@ -169,11 +170,12 @@ def remote_machine() -> Iterator[tuple[str, int]]:
         ip("link", "set", host_side, "up")
         ip("-n", namespace, "addr", "add", f"{subnet}.2/30", "dev", remote_side)
         ip("-n", namespace, "link", "set", remote_side, "up")
-        listener = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, "python3", "-c",
-             "import socket\ns = socket.create_server(('0.0.0.0', %d))\nprint('listening', flush=True)\n"
-             "while True:\n    c, _ = s.accept()\n    c.sendall(%r)\n    c.close()\n"
-             % (port, REMOTE_MARKER.encode())], stdout=subprocess.PIPE, text=True)
+        serve = (f"import socket\ns = socket.create_server(('0.0.0.0', {port}))\n"
+                 "print('listening', flush=True)\n"
+                 f"while True:\n    c, _ = s.accept()\n    c.sendall({REMOTE_MARKER.encode()!r})\n"
+                 "    c.close()\n")
+        listener = subprocess.Popen(["ip", "netns", "exec", namespace, "python3", "-c", serve],
+                                    stdout=subprocess.PIPE, text=True)
         assert listener.stdout is not None and listener.stdout.readline() == "listening\n"
         yield f"{subnet}.2", port
     finally:
@@ -285,3 +287,42 @@ async def test_network_on_dependencies_still_come_from_this_server(
     assert "Extract /tmp/enot/netleaf.ep" in log, log
     assert "fetch /tmp/enot/netleaf" not in log, log
     assert (await settle(client, db_conn, 2))["nettop"] == [("succeeded", "api", 10)]
+
+
+def path_without_slirp4netns(directory: Path) -> str:
+    """A PATH with the tools a server needs to start, but not slirp4netns."""
+    for tool in ("git", "bwrap", "erl"):
+        found = shutil.which(tool)
+        assert found, f"{tool} is needed for this test"
+        (directory / tool).symlink_to(found)
+    return str(directory)
+
+
+def serve_env(directory: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": path_without_slirp4netns(directory), **extra}
+
+
+def test_check_says_what_to_install_without_slirp4netns(tmp_path: Path) -> None:
+    result = run_cli("check", env=serve_env(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert "slirp4netns: missing" in result.stdout
+    assert ("problem:    slirp4netns is not installed: sandboxed builds reach the network"
+            in result.stdout), result.stdout
+    assert "install the Debian package slirp4netns" in result.stdout
+
+
+@pytest.mark.parametrize("network", ["true", "false"])
+def test_server_refuses_to_start_without_slirp4netns(tmp_path: Path, pg_dsn: str,
+                                                     data_dir: Path, network: str) -> None:
+    # Off or on, a clone over https needs the network: no server that would give a
+    # build the host's network namespace instead.
+    (tmp_path / "bin").mkdir()
+    env = serve_env(tmp_path / "bin", ENOT_BUILDER_DATABASE_DSN=pg_dsn,
+                    ENOT_BUILDER_STORAGE_DATA_DIR=str(data_dir),
+                    ENOT_BUILDER_SERVER_PORT=str(free_port()), ENOT_BUILDER_BUILDS_NETWORK=network)
+    result = run_cli("serve", env=env)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("enot-builder: slirp4netns is not installed:"), result.stderr
+    assert "install the Debian package slirp4netns" in last
+    assert "Traceback" not in result.stderr
