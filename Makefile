@@ -10,7 +10,7 @@ ENOT_VENV := .venv-enot
 CONFIG    ?=
 SYSTEM_USER := enot-builder
 # gcc and libc6-dev: enot compiles the C of packages with NIFs.
-APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv gcc libc6-dev make
+APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap slirp4netns iproute2 util-linux python3-venv gcc libc6-dev make
 BENCH_APT_PACKAGES := nginx-light wrk curl
 
 # $(call apt_install,<packages>,<what for>): install the missing Debian packages with

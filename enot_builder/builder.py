@@ -100,8 +100,8 @@ class Builder:
         self.toolchain = toolchain
         self.sandbox = sandbox
         self.data_dir = config.data_dir
-        # The server's cache on a Unix socket (cache_socket.py), for builds without
-        # network; set when the server runs it.
+        # The server's cache on a Unix socket (cache_socket.py), which sandboxed
+        # builds reach through a relay; set when the server runs it.
         self.cache_socket: Path | None = None
 
     @property

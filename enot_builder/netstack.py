@@ -103,8 +103,7 @@ class StepNetwork:
             raise NetworkError(f"the network was not up within {UP_TIMEOUT:.0f} s") from None
 
     async def _up(self) -> None:
-        raw = await _read_to_end(self._info_r)
-        self._fds.discard(self._info_r)
+        raw = await self._read_to_end(self._info_r)
         try:
             info = json.loads(raw)
             pid, netns_id = int(info["child-pid"]), int(info["net-namespace"])
@@ -132,8 +131,7 @@ class StepNetwork:
         for fd in (ready_w, exit_r):
             self._close(fd)
         errors = asyncio.create_task(self._collect_errors())
-        ready = await _read_to_end(ready_r)
-        self._fds.discard(ready_r)
+        ready = await self._read_to_end(ready_r)
         if ready != b"1":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(errors), 2.0)
@@ -182,6 +180,18 @@ class StepNetwork:
                     self._slirp.kill()
                 await self._slirp.wait()
 
+    async def _read_to_end(self, fd: int) -> bytes:
+        """Read a pipe until its writers close it, without blocking the event loop."""
+        self._fds.discard(fd)  # the transport owns it from here, and closes it
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+        try:
+            return await reader.read()  # a few bytes, written by bwrap or slirp4netns
+        finally:
+            transport.close()
+
     def _pipe(self) -> tuple[int, int]:
         r, w = os.pipe()
         self._fds.update((r, w))
@@ -215,15 +225,3 @@ def host_addresses() -> list[str]:
             if not address.is_loopback and str(address) not in found:
                 found.append(str(address))
     return found
-
-
-async def _read_to_end(fd: int) -> bytes:
-    """Read a pipe until its writers close it, without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                os.fdopen(fd, "rb", buffering=0))
-    try:
-        return await reader.read()  # a few bytes, written by bwrap or slirp4netns
-    finally:
-        transport.close()

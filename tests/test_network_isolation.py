@@ -15,6 +15,7 @@ for a machine on the internet, reached over a veth pair) proves the network is t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from typing import Any
 import pytest
 
 from enot_builder import netstack
+from enot_builder.keys import BUILDER
 
 from . import projects
 from .conftest import free_port, world_readable_tempdir
@@ -326,3 +328,21 @@ def test_server_refuses_to_start_without_slirp4netns(tmp_path: Path, pg_dsn: str
     assert last.startswith("enot-builder: slirp4netns is not installed:"), result.stderr
     assert "install the Debian package slirp4netns" in last
     assert "Traceback" not in result.stderr
+
+
+async def test_a_network_that_does_not_come_up_fails_the_build_before_it_runs(
+        make_client: Any, make_repo: Any) -> None:
+    # slirp4netns fails (here: it is /bin/false). The sandbox waits on --block-fd,
+    # which a closed pipe would release: the step must be stopped first, never run.
+    client = await make_client(builds__network=True, builds__workers=1,
+                               builds__max_attempts=1)
+    sandbox = client.server.app[BUILDER].sandbox
+    sandbox.toolchain = dataclasses.replace(sandbox.toolchain, slirp4netns=Path("/bin/false"))
+    tag = uuid.uuid4().hex[:12]
+    url = make_repo("netless", projects.enot_project("netless", prebuild=[f"echo ran-{tag}"]))
+    build, log = await hostile_build(client, "netless", url)
+    assert build["status"] == "failed", build["message"]
+    assert build["message"] == ("the build's network could not be set up: "
+                                "slirp4netns did not bring the network up"), build["message"]
+    assert f"ran-{tag}" not in log, log
+    assert "enot package with Erlang/OTP" in log  # the clone before it had no network to set up
