@@ -81,6 +81,7 @@ class StepNetwork:
         self._exit_w: int | None = None
         self._slirp: asyncio.subprocess.Process | None = None
         self._errors = bytearray()
+        self._errors_task: asyncio.Task[None] | None = None
 
     def bwrap_args(self) -> list[str]:
         return ["--info-fd", str(self._info_w), "--block-fd", str(self._block_r),
@@ -101,6 +102,8 @@ class StepNetwork:
                 await self._up()
         except TimeoutError:
             raise NetworkError(f"the network was not up within {UP_TIMEOUT:.0f} s") from None
+        except OSError as e:  # a tool that cannot start, no file descriptors left
+            raise NetworkError(str(e)) from None
 
     async def _up(self) -> None:
         raw = await self._read_to_end(self._info_r)
@@ -130,7 +133,7 @@ class StepNetwork:
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         for fd in (ready_w, exit_r):
             self._close(fd)
-        errors = asyncio.create_task(self._collect_errors())
+        self._errors_task = errors = asyncio.create_task(self._collect_errors())
         ready = await self._read_to_end(ready_r)
         if ready != b"1":
             with contextlib.suppress(TimeoutError):
@@ -179,6 +182,10 @@ class StepNetwork:
                 with contextlib.suppress(ProcessLookupError):
                     self._slirp.kill()
                 await self._slirp.wait()
+        if self._errors_task is not None:
+            self._errors_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._errors_task
 
     async def _read_to_end(self, fd: int) -> bytes:
         """Read a pipe until its writers close it, without blocking the event loop."""
