@@ -19,8 +19,10 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -32,11 +34,12 @@ import pytest
 from enot_builder import netstack
 from enot_builder.keys import BUILDER
 
-from . import projects
+from . import http, projects
 from .conftest import free_port, world_readable_tempdir
 from .test_cli import run as run_cli
 from .test_dependencies import dep, settle
 from .test_hostile import hostile_build
+from .test_restart import Server, server, server_config, wait_status  # noqa: F401 (fixtures)
 
 # Runs inside the sandbox with the system Python: one line per try, "PROBE <what> <result>".
 PROBE = r'''
@@ -346,3 +349,34 @@ async def test_a_network_that_does_not_come_up_fails_the_build_before_it_runs(
                                 "slirp4netns did not bring the network up"), build["message"]
     assert f"ran-{tag}" not in log, log
     assert "enot package with Erlang/OTP" in log  # the clone before it had no network to set up
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,comm="], capture_output=True,
+                         text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.split()[1:] == [name]]
+
+
+def test_slirp4netns_dies_with_a_killed_server(request: pytest.FixtureRequest, make_repo: Any,
+                                                db_conn: Any) -> None:
+    # SIGKILL leaves no cleanup to the server: slirp4netns stops because its --exit-fd
+    # closes with the server's process, and the sandbox dies with its parent.
+    running: Server = request.getfixturevalue("server")  # test_restart's server process
+    url = make_repo("netsurvivor", projects.enot_project("netsurvivor", prebuild=["sleep 60"]))
+    running.start()
+    status, body = http.post(running.port, "/buildAsync", {
+        "full_name": "tester/netsurvivor", "clone_url": url, "versions": [{"ref": "1.0.0"}]})
+    assert status == 202, body
+    build_id = body["response"][0]["build_id"]
+    wait_status(db_conn, build_id, {"running"})
+    assert running.proc is not None
+    deadline = time.monotonic() + 60
+    while not (slirps := children_named(running.proc.pid, "slirp4netns")):
+        assert time.monotonic() < deadline, "no slirp4netns for the build's enot step"
+        time.sleep(0.2)
+    running.proc.send_signal(signal.SIGKILL)
+    running.proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in slirps):
+        assert time.monotonic() < deadline, f"slirp4netns {slirps} outlived the server"
+        time.sleep(0.1)
