@@ -357,6 +357,14 @@ def children_named(pid: int, name: str) -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if line.split()[1:] == [name]]
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_slirp4netns_dies_with_a_killed_server(request: pytest.FixtureRequest, make_repo: Any,
                                                 db_conn: Any) -> None:
     # SIGKILL leaves no cleanup to the server: slirp4netns stops because its --exit-fd
@@ -377,6 +385,6 @@ def test_slirp4netns_dies_with_a_killed_server(request: pytest.FixtureRequest, m
     running.proc.send_signal(signal.SIGKILL)
     running.proc.wait()
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in slirps):
+    while any(alive(pid) for pid in slirps):
         assert time.monotonic() < deadline, f"slirp4netns {slirps} outlived the server"
         time.sleep(0.1)
