@@ -8,11 +8,11 @@ host's network namespace, as an ordinary socket of the build user.
 
 What that keeps out of reach, and why:
 - the host's loopback: 127.0.0.1 inside is the step's own loopback, and slirp4netns
-  runs with --disable-host-loopback, so the gateway address does not lead to it
-  either (slirp4netns answers "network unreachable");
+  runs with --disable-host-loopback, so the gateway address 10.0.2.2 does not lead
+  to it either;
 - the host's abstract Unix sockets, which belong to a network namespace (its own
   /proc/net/unix lists only its own); path Unix sockets are the mount namespace's
-  business (sandbox.py binds no directory that holds one);
+  business (see sandbox.py);
 - the host's own addresses on other interfaces: before the step runs, each is routed
   to "prohibit" inside its namespace (see `host_addresses`), which it cannot change,
   having no capabilities there.
