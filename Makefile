@@ -11,9 +11,10 @@ VENV      := .venv
 ENOT_VENV := .venv-enot
 CONFIG    ?=
 SYSTEM_USER := enot-builder
-# gcc and libc6-dev: enot compiles the C of packages with NIFs. systemd: the unit in
-# systemd/ is checked with systemd-analyze (verify, security) by the tests.
-APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap util-linux python3-venv gcc libc6-dev make systemd
+# gcc and libc6-dev: enot compiles the C of packages with NIFs. slirp4netns and iproute2:
+# a build's own network namespace. systemd: the unit in systemd/ is checked with
+# systemd-analyze (verify, security) by the tests.
+APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap slirp4netns iproute2 util-linux python3-venv gcc libc6-dev make systemd
 BENCH_APT_PACKAGES := nginx-light wrk curl
 
 # $(call apt_install,<packages>,<what for>): install the missing Debian packages with

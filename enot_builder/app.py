@@ -24,7 +24,7 @@ from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
 from .routes import setup_routes
-from .sandbox import Sandbox
+from .sandbox import Sandbox, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ async def database(app: web.Application) -> AsyncIterator[None]:
 async def toolchain(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     found = await asyncio.to_thread(toolchains.discover, config)
+    network_problem = found.network_problem(config.builds)
+    if network_problem:
+        # Not a warning and builds that fail: no way to run one without the host's
+        # network namespace, so no server.
+        raise SandboxError(network_problem)
     for problem in found.problems(config):
         log.warning("cannot build: %s", problem)
     # A build user who cannot reach the tools would fail every build, each with the

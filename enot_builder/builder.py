@@ -30,14 +30,16 @@ from . import cache_relay, process, validation
 from .buildlog import BuildLog
 from .config import BuildsConfig, Config
 from .files import publish
-from .sandbox import Sandbox, SandboxError
+from .netstack import NetworkError
+from .sandbox import Command, Sandbox, SandboxError
 from .toolchains import Toolchain
 
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1024 * 1024
-# Inside a sandbox without network: start the relay to the cache socket, wait (up to
-# 5 s) until it listens, then become enot ("$0" is the label, "$@" enot's command).
+# Inside the sandbox (which never sees the host's loopback, network or not): start the
+# relay to the cache socket, wait (up to 5 s) until it listens, then become enot ("$0"
+# is the label, "$@" enot's command).
 RELAY_THEN_EXEC = ('python3 "$HOME/cache_relay.py" & i=0; '
                    f'while [ ! -e {cache_relay.READY} ] && [ $i -lt 100 ]; do sleep 0.05; '
                    'i=$((i+1)); done; exec "$@"')
@@ -131,8 +133,8 @@ class Builder:
         self.toolchain = toolchain
         self.sandbox = sandbox
         self.data_dir = config.data_dir
-        # The server's cache on a Unix socket (cache_socket.py), for builds without
-        # network; set when the server runs it.
+        # The server's cache on a Unix socket (cache_socket.py), which sandboxed
+        # builds reach through a relay; set when the server runs it.
         self.cache_socket: Path | None = None
 
     @property
@@ -247,9 +249,9 @@ class Builder:
         # 3. enot.
         adapt_project(src, build["name"], build_log)
         dependencies = has_dependencies(src)
-        # Without network the cache is reached through a relay to the server's socket.
-        relay = (dependencies and not self.config.builds.network
-                 and self.cache_socket is not None and self.sandbox.isolated)
+        # A sandboxed build never reaches this server's HTTP port (it is not on the
+        # host's network, network or not): the cache comes through a relay to its socket.
+        relay = dependencies and self.cache_socket is not None and self.sandbox.isolated
         cache_url = f"http://127.0.0.1:{cache_relay.PORT}" if relay else self.config.public_url
         self._write_enot_config(work_dir, root, erl_version, cache_url if dependencies else None)
         argv = [str(self.toolchain.enot), "package", "-l", "info"]
@@ -262,7 +264,7 @@ class Builder:
         await asyncio.to_thread(self._hand_over, work_dir)
         build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
         env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
-        step = await process.run(
+        step = await run_step(
             self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
                                  erlang=erlang, read_only=self._local_sources(),
                                  sockets=sockets),
@@ -323,8 +325,12 @@ class Builder:
             f"{redact(build['clone_url'])} (rewritten to {redact(url)})"
         build_log.line(f"git clone --depth 1 --branch {build['ref']} {shown}")
         timeout = min(self.config.builds.clone_timeout, deadline - time.monotonic())
-        step = await process.run(
-            self.sandbox.command(argv, work_dir=work_dir, cwd=root, env=env, network=True,
+        # git alone runs here, but its network is the sandbox's too (whatever
+        # builds.network says): a redirect, or a name that resolves to 127.0.0.1, must
+        # not lead it to the host's loopback. A local mirror needs no network at all.
+        step = await run_step(
+            self.sandbox.command(argv, work_dir=work_dir, cwd=root, env=env,
+                                 network=not url.startswith("file://"),
                                  read_only=self._local_sources(url)),
             build_log, timeout)
         check_log_full(step, build_log)
@@ -355,7 +361,7 @@ class Builder:
         Asking for refs/tags/<ref> by its full name also proves the ref is a tag:
         `git clone --branch` takes branch names too, and we build tags only.
         """
-        step = await process.run(
+        step = await run_step(
             self.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", src_rel, "log",
                                   "-1", "--format=%H%n%ae", f"refs/tags/{build['ref']}^{{commit}}",
                                   "--"],
@@ -505,6 +511,17 @@ def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]
                 and isinstance(dep.get("tag"), str) and dep["tag"]:
             pins.append((dep["url"], dep["tag"]))
     return pins
+
+
+async def run_step(command: Command, build_log: BuildLog | None,
+                   timeout: float) -> process.StepResult:
+    try:
+        return await process.run(command, build_log, timeout)
+    except NetworkError as e:
+        # Nothing of the build ran: worth another attempt (a full process table, a
+        # passing shortage of file descriptors), and the operator's attention if not.
+        log.error("cannot set up a build step's network: %s", e)
+        raise BuildFailure(f"the build's network could not be set up: {e}", retryable=True) from None
 
 
 def check_log_full(step: process.StepResult, build_log: BuildLog) -> None:

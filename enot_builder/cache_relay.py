@@ -1,7 +1,7 @@
-"""Run inside a build sandbox without network: 127.0.0.1:8080 -> the server's cache socket.
+"""Run inside a build sandbox: 127.0.0.1:8080 -> the server's cache socket.
 
-With builds.network off the sandbox has only its own loopback, so enot cannot reach
-the server's HTTP port. The server answers its read-only cache endpoints on a Unix
+A sandbox never sees the host's loopback or addresses (network on or off), so enot
+cannot reach the server's HTTP port. The server answers its read-only cache endpoints on a Unix
 socket bound into the sandbox, and this relay (started in the sandbox just before
 enot, as a plain script of the standard library) lets enot reach it by TCP as usual.
 """

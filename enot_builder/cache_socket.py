@@ -1,4 +1,5 @@
-"""The server's package cache on a Unix socket, for builds that have no network.
+"""The server's package cache on a Unix socket, for sandboxed builds (which never
+reach the server's HTTP port: they are not on the host's network).
 
 Only the read-only endpoints enot uses as a remote cache are there (/get, /versions,
 /download, /download_erts): a build can fetch its dependencies from this server and

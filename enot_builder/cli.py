@@ -17,7 +17,7 @@ from . import config as config_module
 from .app import create_app, drain
 from .errors import ApiError
 from .keys import CONFIG
-from .sandbox import Sandbox
+from .sandbox import Sandbox, SandboxError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return webhook_secret(config, args.repository)
     try:
         return {"serve": serve, "migrate": migrate, "check": check}[args.command](config)
-    except (db.SchemaError, pgcluster.ClusterError, reachability.ReachabilityError) as e:
+    except (db.SchemaError, pgcluster.ClusterError, reachability.ReachabilityError,
+            SandboxError) as e:
         print(f"enot-builder: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -141,6 +142,7 @@ def check(config: config_module.Config) -> int:
     print(f"enot:       {found.enot or 'MISSING'}"
           + (f" (version {found.enot_version})" if found.enot_version else ""))
     print(f"bubblewrap: {found.bwrap or 'missing'}")
+    print(f"slirp4netns: {found.slirp4netns or 'missing'}")
     print(f"sandbox:    {Sandbox(config.builds, found).mode}")
     if found.erlangs:
         for release, installation in sorted(found.erlangs.items()):

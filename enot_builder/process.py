@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .buildlog import BuildLog
+from .sandbox import Command
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,27 @@ class StepResult:
     tail: bytes = b""  # the last bytes of output: where a dying process says why
 
 
-async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
+async def run(command: Command, log_to: BuildLog | None, timeout: float,
               capture: int = 4096) -> StepResult:
-    """Run argv with stdin from /dev/null; stdout and stderr go to the log."""
+    """Run a command with stdin from /dev/null; stdout and stderr go to the log.
+
+    A step with a network (netstack.py) waits, inside its sandbox, until that network
+    is up; it is taken down once the step is over. Raises netstack.NetworkError, the
+    step stopped, when the network cannot be set up.
+    """
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True, cwd="/")
+    network = command.network
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, cwd="/",
+            pass_fds=network.pass_fds if network else ())
+    except BaseException:
+        if network is not None:
+            await network.down()
+        raise
+    if network is not None:
+        network.started()
     captured = bytearray()
     tail = bytearray()
     log_full = asyncio.Event()
@@ -66,6 +81,8 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
     full = asyncio.create_task(log_full.wait())
     timed_out = False
     try:
+        if network is not None:
+            await network.up()
         done, _ = await asyncio.wait({exited, full}, timeout=max(timeout, 0.1),
                                      return_when=asyncio.FIRST_COMPLETED)
         if exited not in done:
@@ -78,6 +95,9 @@ async def run(argv: list[str], log_to: BuildLog | None, timeout: float,
     finally:
         for task in (exited, full):
             task.cancel()
+        if network is not None:
+            # Only now that the step is over: a closed --block-fd would let it run.
+            await asyncio.shield(network.down())
     # A descendant that escaped the process group could hold the pipe open: give the
     # reader a moment, then stop waiting for it.
     try:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BuildsConfig
+from .netstack import StepNetwork
 from .toolchains import ErlangInstallation, Toolchain
 
 SANDBOX_ROOT = "/build"
@@ -57,6 +58,14 @@ ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 class SandboxError(Exception):
     pass
+
+
+@dataclass
+class Command:
+    """One step's command line and, for a step with network, the network to bring up
+    once it started (process.run does both)."""
+    argv: list[str]
+    network: StepNetwork | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,8 @@ class Sandbox:
     @property
     def mode(self) -> str:
         if self.isolated:
-            return "bubblewrap sandbox" + ("" if self.config.network else ", no network")
+            return "bubblewrap sandbox, " + ("own network namespace, outbound through slirp4netns"
+                                             if self.config.network else "no network")
         return "UNSANDBOXED (allow_unsandboxed = true): builds run with the server's rights"
 
     def root_for(self, work_dir: Path) -> str:
@@ -118,8 +128,12 @@ class Sandbox:
     def command(self, argv: list[str], *, work_dir: Path, cwd: str, env: dict[str, str],
                 erlang: ErlangInstallation | None = None, network: bool | None = None,
                 read_only: tuple[Path, ...] = (),
-                sockets: tuple[tuple[Path, str], ...] = ()) -> list[str]:
-        """The full command line that runs `argv` for one build step."""
+                sockets: tuple[tuple[Path, str], ...] = ()) -> Command:
+        """The full command line that runs `argv` for one build step.
+
+        `network` (default: the builds.network setting) gives the step a network of its
+        own (netstack.py); without it, it has only its own loopback.
+        """
         if network is None:
             network = self.config.network
         path = ":".join(([str(erlang.bin_dir)] if erlang else []) + ["/usr/local/bin", "/usr/bin", "/bin"])
@@ -134,21 +148,23 @@ class Sandbox:
         env_args = ["env", "-i", *(f"{k}={v}" for k, v in clean_env.items())]
         if not self.isolated:
             # No bwrap --chdir here: the step starts in `cwd` through env's own.
-            return [*outer, *limits, "env", "-i", f"--chdir={cwd}", *env_args[2:], *argv]
+            return Command([*outer, *limits, "env", "-i", f"--chdir={cwd}", *env_args[2:],
+                            *argv])
         if self.toolchain.bwrap is None:
             raise SandboxError("bubblewrap (bwrap) is not installed, and builds without a "
                                'sandbox are not allowed ([builds] sandbox = "none" with '
                                "allow_unsandboxed = true would allow them)")
-        user = self.build_user()
-        drop = (["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
-                 "--clear-groups", "--inh-caps=-all", "--"] if user else [])
+        if network and self.toolchain.slirp4netns is None:
+            raise SandboxError(self.toolchain.network_problem(self.config) or "")
+        drop = self.drop_privileges()
         # --disable-userns: no nested user namespace, in which the build would get
         # capabilities back (to mount, to change its view of the files).
         bwrap = [str(self.toolchain.bwrap), "--die-with-parent", "--new-session",
                  "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc",
                  "--unshare-uts", "--unshare-cgroup-try", "--hostname", "enot-build"]
-        if not network:
-            bwrap.append("--unshare-net")
+        # Never the host's network namespace: a new one, empty or with slirp4netns
+        # behind it (its options come last, once nothing can fail: they hold pipes).
+        bwrap.append("--unshare-net")
         bwrap += ["--ro-bind", "/usr", "/usr"]
         for name in ROOT_LINKS:
             target = Path("/") / name
@@ -157,6 +173,8 @@ class Sandbox:
             elif target.is_dir():
                 bwrap += ["--ro-bind", str(target), f"/{name}"]
         for name in ETC_FILES:
+            if name == "resolv.conf" and network:
+                continue  # the step's own (netstack.RESOLV_CONF)
             if (Path("/etc") / name).exists():
                 bwrap += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
         # The tmpfs mounts live in memory: each is bounded like a written file. Mounts
@@ -174,10 +192,21 @@ class Sandbox:
             bwrap += ["--ro-bind", str(socket_path), inside]
         self._check_exposure(work_dir, own=True)
         bwrap += ["--bind", str(work_dir), SANDBOX_ROOT]
+        step_network = None
+        if network:
+            assert self.toolchain.slirp4netns is not None
+            step_network = StepNetwork(self.toolchain.slirp4netns, [*outer, *drop])
+            bwrap += step_network.bwrap_args()
         # bwrap's root and /dev are tmpfs mounts the build could fill: read-only once
         # everything is mounted on them (mounts below keep their own flags).
         bwrap += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", cwd, "--"]
-        return [*outer, *limits, *drop, *bwrap, *env_args, *argv]
+        return Command([*outer, *limits, *drop, *bwrap, *env_args, *argv], step_network)
+
+    def drop_privileges(self) -> list[str]:
+        """setpriv to the build user, when the server is root; else nothing."""
+        user = self.build_user()
+        return (["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}",
+                 "--clear-groups", "--inh-caps=-all", "--"] if user else [])
 
     @property
     def max_file_size(self) -> int:

@@ -1,4 +1,4 @@
-"""What builds run with: Erlang/OTP installations, the enot tool, git and bubblewrap.
+"""What builds run with: Erlang/OTP installations, the enot tool, git, bubblewrap and slirp4netns.
 
 Each Erlang installation is keyed by the OTP release it reports itself, never by a
 folder name, so a misnamed directory cannot make us build with the wrong Erlang.
@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT, Config
+from .config import PROJECT_ROOT, BuildsConfig, Config
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Toolchain:
     git: Path | None
     bwrap: Path | None
     default_erlang: str | None
+    # The user-mode network stack of sandboxed steps that may use the network.
+    slirp4netns: Path | None = None
 
     def problems(self, config: Config) -> list[str]:
         """What keeps this machine from building; empty when it can."""
@@ -55,9 +57,25 @@ class Toolchain:
         if config.builds.sandbox == "bwrap" and self.bwrap is None:
             found.append("bubblewrap (bwrap) was not found; install it, or set [builds] "
                          'sandbox = "none" and allow_unsandboxed = true')
+        problem = self.network_problem(config.builds)
+        if problem:
+            found.append(problem)
         if self.default_erlang is not None and self.default_erlang not in self.erlangs:
             found.append(f"the default Erlang release {self.default_erlang} is not installed")
         return found
+
+
+    def network_problem(self, builds: BuildsConfig) -> str | None:
+        """Why sandboxed builds cannot get a network of their own; None when they can.
+
+        Not a missing tool like the others: without slirp4netns the server refuses to
+        start, rather than give builds the host's network (and its loopback).
+        """
+        if builds.sandbox != "bwrap" or self.slirp4netns is not None:
+            return None
+        return ("slirp4netns is not installed: sandboxed builds reach the network (git clone, "
+                "and enot with [builds] network = true) only through it, never through the "
+                "host's own network; install the Debian package slirp4netns")
 
 
 def probe_erlang(root: Path, source: str) -> ErlangInstallation | None:
@@ -114,6 +132,8 @@ def tool_versions(toolchain: Toolchain) -> dict[str, str | None]:
         "git": first_line([str(toolchain.git), "--version"]) if toolchain.git else None,
         "enot": toolchain.enot_version,
         "bwrap": first_line([str(toolchain.bwrap), "--version"]) if toolchain.bwrap else None,
+        "slirp4netns": (first_line([str(toolchain.slirp4netns), "--version"])
+                        if toolchain.slirp4netns else None),
     }
 
 
@@ -182,6 +202,7 @@ def discover(config: Config) -> Toolchain:
     enot = find_enot(config)
     git = shutil.which("git")
     bwrap = shutil.which("bwrap")
+    slirp4netns = shutil.which("slirp4netns")
     return Toolchain(
         erlangs=erlangs,
         enot=enot,
@@ -189,4 +210,5 @@ def discover(config: Config) -> Toolchain:
         git=Path(git) if git else None,
         bwrap=Path(bwrap) if bwrap else None,
         default_erlang=default,
+        slirp4netns=Path(slirp4netns) if slirp4netns else None,
     )
