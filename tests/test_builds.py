@@ -217,7 +217,8 @@ async def test_concurrent_enqueues_of_one_tag_take_turns(client: TestClient,
     async with pool.acquire() as c1, c1.cursor() as cur1, pool.acquire() as c2, \
             c2.cursor() as cur2:
         repo = await store.bind_repository(cur1, "tester", "turns",
-                                           "https://github.com/tester/turns", False)
+                                           "https://github.com/tester/turns", "github.com",
+                                           "request")
         key = {"repository_id": repo["id"], "ref": "1.0.0", "erl_version": "25"}
         await cur1.execute("BEGIN")
         first = await store.enqueue_build(cur1, **key)

@@ -30,6 +30,7 @@ from enot_builder import connections, log_flood, process
 from enot_builder.app import create_app
 from enot_builder.builder import BuildHooks
 from enot_builder.keys import BUILDER
+from enot_builder.sandbox import Command
 
 from . import http, projects
 from .conftest import free_port, make_config
@@ -388,7 +389,7 @@ def no_free_descriptors() -> Iterator[None]:
 
 async def test_spawning_a_step_without_descriptors_is_emfile() -> None:
     with no_free_descriptors(), pytest.raises(OSError) as caught:
-        await process.run(["true"], None, 10)
+        await process.run(Command(["true"]), None, 10)
     assert caught.value.errno == errno.EMFILE
 
 
