@@ -15,7 +15,7 @@ from aiohttp import web
 
 from enot_builder.app import create_app
 from enot_builder.config import Config
-from enot_builder.openapi import SPEC
+from enot_builder.openapi import SPEC, spec
 
 # Routes that serve HTML (and its CSS and JavaScript) to browsers: not part of the
 # described API.
@@ -51,10 +51,14 @@ def test_every_route_is_described_and_nothing_else() -> None:
     assert routes == described_operations()
 
 
-async def test_openapi_json_is_served(client: Any) -> None:
+async def test_openapi_json_is_served(client: Any, config: Config) -> None:
     r = await client.get("/openapi.json")
     assert r.status == 200
-    assert await r.json() == SPEC
+    served = await r.json()
+    assert served == spec(config.git)
+    clone_url = served["paths"]["/buildAsync"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["clone_url"]
+    assert clone_url["pattern"] == r"^(?:file|https)://[^\x00-\x20\x7f]+$"
 
 
 async def test_live_server_keeps_to_the_description(make_client: Any, tmp_path: Path) -> None:
