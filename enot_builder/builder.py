@@ -393,7 +393,6 @@ class Builder:
         if not validation.NAME_PART.fullmatch(name[:-3]):
             raise BuildFailure(f"the package file name {name!r} is not acceptable")
         target_dir = self.artifacts_dir / build_id[:2] / build_id
-        target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / name
         temporary = target_dir / f".{name}.partial"
         try:
@@ -406,6 +405,7 @@ class Builder:
             with os.fdopen(source_fd, "rb") as source:
                 if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                     raise BuildFailure(f"{name} is not a regular file")
+                target_dir.mkdir(parents=True, exist_ok=True)
                 with open(temporary, "wb") as out:
                     package_config = stamp_package(source, out,
                                                    f"{build['namespace']}/{build['name']}")
@@ -418,6 +418,8 @@ class Builder:
             # renamed, fsynced file is ever recorded (and so served).
             with contextlib.suppress(OSError):
                 temporary.unlink()
+            with contextlib.suppress(OSError):  # the build's own directory, empty by now
+                target_dir.rmdir()
             raise
         return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size,
                        tagged_dependencies(package_config))
