@@ -220,7 +220,8 @@ PATHS: dict[str, dict[str, Any]] = {
                       "400": BAD}}},
     "/download_erts/{version}": {"get": {
         "summary": "A tar of an Erlang installation's erts-* directory",
-        "parameters": [{"name": "version", "in": "path", "required": True, "schema": STRING,
+        "parameters": [{"name": "version", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": ERL_VERSION},
                         "description": "an Erlang/OTP release such as 25"}],
         "responses": {"200": {"description": "The tarball",
                               "content": {"application/x-tar": {"schema": {
