@@ -31,7 +31,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: help install system-deps test-deps run test bench bench-deps lint clean
+.PHONY: help install system-deps test-deps run test fuzz bench bench-deps lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -84,6 +84,10 @@ test-deps:  ## install chromium for the browser test (as root; skipped otherwise
 
 test: install test-deps  ## install and run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Left out of `make test` (setup.cfg deselects the `fuzz` marker); CI runs both.
+fuzz: install  ## fuzz a live server: raw-HTTP attacks, then schemathesis with every check (about 4 min)
+	$(VENV)/bin/pytest -m fuzz tests/test_fuzz.py $(PYTEST_ARGS)
 
 bench: install bench-deps  ## run the benchmark suite against a real server (about 5 min; see bench/README.md)
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)

@@ -263,7 +263,7 @@ async def test_schemathesis_with_every_check(make_client: Any, tmp_path: Path) -
         f"{url}/openapi.json", "--checks", "all",
         "--max-examples", "200", "--workers", "1", "--request-timeout", "60",
         "--generation-database", "none", "--suppress-health-check", "all", "--no-color",
-        "--seed", "14", "--phases", "examples,coverage,fuzzing", "--max-time", "180",
+        "--seed", "14", "--phases", "examples,coverage,fuzzing", "--max-time", "150",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=420)
