@@ -14,6 +14,7 @@ the status and the absence of a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -159,10 +160,8 @@ async def send(port: int, case: Case) -> tuple[int, dict[str, str], bytes]:
         raw = await asyncio.wait_for(reader.read(), ANSWER_WITHIN)
     finally:
         writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass  # the server may have reset a connection it refused
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()  # the server may have reset a connection it refused
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     assert lines[0].startswith("HTTP/1."), f"{case.name}: no HTTP answer: {raw[:200]!r}"
@@ -228,7 +227,7 @@ async def test_raw_http_attacks_are_refused_cleanly(make_client: Any, caplog: An
                 problems += check(case, *await send(port, case))
             except (AssertionError, TimeoutError, ConnectionError) as e:
                 problems.append(f"{case.name}: {type(e).__name__} {e}")
-        for case, task in zip(slow, slow_tasks):
+        for case, task in zip(slow, slow_tasks, strict=True):
             try:
                 problems += check(case, *await task)
             except (AssertionError, TimeoutError, ConnectionError) as e:

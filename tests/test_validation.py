@@ -1,9 +1,8 @@
-"""validation.ref_problem against the real `git check-ref-format`, over many strings."""
+"""validation.py: ref_problem against the real `git check-ref-format`, fullmatch, file URLs."""
 
 from __future__ import annotations
 
 import subprocess
-
 from pathlib import Path
 
 import pytest
