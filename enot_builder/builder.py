@@ -525,8 +525,10 @@ async def off_loop(parse: Callable[..., Any], *args: Any) -> Any:
     """Run a read and parse of the package's files in a thread, within PARSE_TIMEOUT.
 
     The event loop (health checks, downloads, every other build) never waits on a
-    package's files; the thread is bounded by the size limit of each read and parsers
-    linear in their input, so it cannot outlive the build by more than a moment.
+    package's files. A thread alone would not do: `re` and `json` hold the GIL while
+    they run, so a quadratic parse would stall the loop from any thread, and a timeout
+    cannot stop a thread. What bounds the thread is the size limit of each read and
+    parsers linear in their input; the timeout only makes a surprise a clear failure.
     """
     try:
         return await asyncio.wait_for(asyncio.to_thread(parse, *args), PARSE_TIMEOUT)
