@@ -35,7 +35,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: help install system-deps test-deps run demo test bench bench-deps lint clean
+.PHONY: help install system-deps test-deps run demo test fuzz bench bench-deps lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -112,6 +112,10 @@ test-deps:  ## install what the browser and systemd tests need (as root; CI fail
 
 test: install test-deps  ## install and run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Left out of `make test` (setup.cfg deselects the `fuzz` marker); CI runs both.
+fuzz: install  ## fuzz a live server: raw-HTTP attacks, then schemathesis with every check (about 4 min)
+	$(VENV)/bin/pytest -m fuzz tests/test_fuzz.py $(PYTEST_ARGS)
 
 # The figures in bench/RESULTS.md come from this run's JSON only (bench/report.py),
 # naming the commit and the machine: commit both files together.

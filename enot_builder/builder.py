@@ -46,9 +46,18 @@ RELAY_THEN_EXEC = ('python3 "$HOME/cache_relay.py" & i=0; '
 # Direct dependencies of one package that we queue builds for: a bound on what one
 # package can make this server do.
 MAX_DEPENDENCIES = 100
-ERLANG_MK_INCLUDE = re.compile(rb"^\s*-?include\s+\S*erlang\.mk\s*$", re.MULTILINE)
-MAKE_VARIABLE = re.compile(rb"^\s*(PROJECT|PROJECT_DESCRIPTION|PROJECT_VERSION)\s*[:?]?=\s*(.*?)\s*$",
-                           re.MULTILINE)
+# Matched against one line of a package's Makefile at a time, anchored at its start,
+# with [ \t]* (never \s*, which crosses lines) and no lazy group before a repeat: each
+# line costs time linear in its length, so a hostile Makefile costs linear time.
+ERLANG_MK_INCLUDE = re.compile(rb"[ \t]*-?include[ \t]+\S*erlang\.mk[ \t\r]*")
+MAKE_VARIABLE = re.compile(rb"[ \t]*(PROJECT|PROJECT_DESCRIPTION|PROJECT_VERSION)[ \t]*[:?]?=(.*)")
+# JSON of a package nested deeper than this is refused: no enot config needs it, and
+# Python's json (and its encoder, for stamp_package) would otherwise hit its recursion limit.
+MAX_JSON_DEPTH = 64
+# The longest the event loop waits on reading a package's files in a thread. Reads
+# are bounded to MAX_CONFIG_BYTES and parsed in linear time, so the thread itself ends
+# within a fraction of a second; this bound only turns a surprise into a clear failure.
+PARSE_TIMEOUT = 30
 
 
 class BuildFailure(Exception):
@@ -237,9 +246,10 @@ class Builder:
         build_log.line(f"commit {sha}" + (f" by {email}" if email else ""))
 
         # 2. Which Erlang.
+        config = await off_loop(package_config, src)
         erl_version = build["erl_version"]
         if erl_version is None:
-            erl_version = await self._choose_releases(build, src, hooks, build_log)
+            erl_version = await self._choose_releases(build, src, config, hooks, build_log)
         erlang = self.toolchain.erlangs.get(erl_version)
         if erlang is None:
             installed = ", ".join(sorted(self.toolchain.erlangs)) or "none"
@@ -247,8 +257,8 @@ class Builder:
                                f"(installed: {installed})")
 
         # 3. enot.
-        adapt_project(src, build["name"], build_log)
-        dependencies = has_dependencies(src)
+        await off_loop(adapt_project, src, build["name"], build_log)
+        dependencies = has_dependencies(config)
         # A sandboxed build never reaches this server's HTTP port (it is not on the
         # host's network, network or not): the cache comes through a relay to its socket.
         relay = dependencies and self.cache_socket is not None and self.sandbox.isolated
@@ -281,11 +291,12 @@ class Builder:
         # 4. Keep the artifact.
         return await asyncio.to_thread(self._store_artifact, build, src)
 
-    async def _choose_releases(self, build: dict[str, Any], src: Path, hooks: BuildHooks,
+    async def _choose_releases(self, build: dict[str, Any], src: Path,
+                               config: dict[str, Any] | None, hooks: BuildHooks,
                                build_log: BuildLog) -> str:
         """The package's releases (or the default): this build takes the first, the rest
         are queued as builds of their own that copy this clone instead of cloning."""
-        wanted = package_erlang_versions(src) or [self._default_erlang()]
+        wanted = package_erlang_versions(config) or [self._default_erlang()]
         build_log.line(f"Erlang releases from the package or the default: {', '.join(wanted)}")
         installed = [release for release in wanted if release in self.toolchain.erlangs]
         for release in wanted:
@@ -441,10 +452,9 @@ class Builder:
             names = ", ".join(sorted(e.name for e in candidates))
             raise BuildFailure(f"enot produced more than one package ({names})")
         name = candidates[0].name
-        if not validation.NAME_PART.match(name[:-3]):
+        if not validation.NAME_PART.fullmatch(name[:-3]):
             raise BuildFailure(f"the package file name {name!r} is not acceptable")
         target_dir = self.artifacts_dir / build_id[:2] / build_id
-        target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / name
         temporary = target_dir / f".{name}.partial"
         try:
@@ -457,6 +467,7 @@ class Builder:
             with os.fdopen(source_fd, "rb") as source:
                 if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                     raise BuildFailure(f"{name} is not a regular file")
+                target_dir.mkdir(parents=True, exist_ok=True)
                 with open(temporary, "wb") as out:
                     package_config = stamp_package(source, out,
                                                    f"{build['namespace']}/{build['name']}")
@@ -469,6 +480,8 @@ class Builder:
             # renamed, fsynced file is ever recorded (and so served).
             with contextlib.suppress(OSError):
                 temporary.unlink()
+            with contextlib.suppress(OSError):  # the build's own directory, empty by now
+                target_dir.rmdir()
             raise
         return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size,
                        tagged_dependencies(package_config))
@@ -554,8 +567,9 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, 
                 data = package.extractfile(member) if member.isfile() else None
                 if member.name == "enot_config.json" and data is not None:
                     try:
-                        config = json.loads(data.read(MAX_CONFIG_BYTES))
-                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        config = parse_json(data.read(MAX_CONFIG_BYTES),
+                                            "the package's enot_config.json")
+                    except ValueError:
                         raise BuildFailure("the package's enot_config.json is not JSON") from None
                     if not isinstance(config, dict):
                         raise BuildFailure("the package's enot_config.json is not an object")
@@ -603,40 +617,95 @@ def read_regular(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes | None:
         return f.read(limit + 1)[:limit]
 
 
-def package_erlang_versions(src: Path) -> list[str]:
-    """The `erlang` list of the package's enot_config.json, the releases it asks for."""
+async def off_loop(parse: Callable[..., Any], *args: Any) -> Any:
+    """Run a read and parse of the package's files in a thread, within PARSE_TIMEOUT.
+
+    The event loop (health checks, downloads, every other build) never waits on a
+    package's files. A thread alone would not do: `re` and `json` hold the GIL while
+    they run, so a quadratic parse would stall the loop from any thread, and a timeout
+    cannot stop a thread. What bounds the thread is the size limit of each read and
+    parsers linear in their input; the timeout only makes a surprise a clear failure.
+    """
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(parse, *args), PARSE_TIMEOUT)
+    except TimeoutError:
+        raise BuildFailure(f"reading the package's files took longer than {PARSE_TIMEOUT} s; "
+                           "refusing it") from None
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """JSON from a package's file, no deeper than MAX_JSON_DEPTH.
+
+    ValueError when it is not JSON (bad UTF-8, bad syntax, an absurdly long number);
+    BuildFailure, naming `what`, when it nests too deeply.
+    """
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise BuildFailure(f"{what} nests too deeply") from None
+    # Iterative, linear in the size of the value: a recursive walk would hit the very
+    # limit this guards.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise BuildFailure(f"{what} nests too deeply (more than {MAX_JSON_DEPTH} levels)")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def package_config(src: Path) -> dict[str, Any] | None:
+    """The package's own enot_config.json; None when absent, a link or not a JSON object."""
     raw = read_regular(src / "enot_config.json")
     if raw is None:
-        return []
+        return None
     try:
-        config = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return []
-    wanted = config.get("erlang") if isinstance(config, dict) else None
+        config = parse_json(raw, "enot_config.json")
+    except ValueError:
+        return None  # enot itself says what is wrong with it, in the build log
+    return config if isinstance(config, dict) else None
+
+
+def package_erlang_versions(config: dict[str, Any] | None) -> list[str]:
+    """The `erlang` list of the package's enot_config.json, the releases it asks for."""
+    wanted = config.get("erlang") if config is not None else None
     if not isinstance(wanted, list):
         return []
     releases = []
     for item in wanted:
         item = str(item) if isinstance(item, int) else item
-        if isinstance(item, str) and validation.ERL_VERSION.match(item) and item not in releases:
+        if isinstance(item, str) and validation.ERL_VERSION.fullmatch(item) \
+                and item not in releases:
             releases.append(item)
     return releases
 
 
-def has_dependencies(src: Path) -> bool:
+def has_dependencies(config: dict[str, Any] | None) -> bool:
     """Whether the package may have dependencies to fetch.
 
     Only an enot_config.json with an empty (or no) `deps` list says no for sure;
     rebar.config and erlang.mk projects are assumed to have some.
     """
-    if not _is_regular(src / "enot_config.json"):
-        return True
-    raw = read_regular(src / "enot_config.json")
-    try:
-        config = json.loads(raw or b"")
-    except ValueError:
-        return True
-    return not isinstance(config, dict) or bool(config.get("deps"))
+    return config is None or bool(config.get("deps"))
+
+
+def makefile_variables(makefile: bytes) -> dict[str, str] | None:
+    """The PROJECT* variables of an erlang.mk Makefile; None if it does not include erlang.mk.
+
+    Line by line, each regex anchored at the start of one line (see ERLANG_MK_INCLUDE):
+    linear in the Makefile's size, however hostile it is.
+    """
+    includes = False
+    variables: dict[str, str] = {}
+    for line in makefile.split(b"\n"):
+        if ERLANG_MK_INCLUDE.fullmatch(line):
+            includes = True
+        elif match := MAKE_VARIABLE.match(line):
+            variables[match.group(1).decode()] = \
+                match.group(2).strip(b" \t\r").decode(errors="replace")
+    return variables if includes else None
 
 
 def adapt_project(src: Path, repo_name: str, build_log: BuildLog) -> None:
@@ -646,21 +715,20 @@ def adapt_project(src: Path, repo_name: str, build_log: BuildLog) -> None:
     project often carries only a Makefile that includes erlang.mk (downloaded at build
     time). With our global "compiler": "enot" erlang.mk is never run, so an empty one
     makes enot read the Makefile; and erlang.mk projects may have no .app.src, which we
-    write from the Makefile's PROJECT variables.
+    write from the Makefile's PROJECT variables. Runs in a thread (off_loop).
     """
     if any(_is_regular(src / name) for name in ("enot_config.json", "erlang.mk", "rebar.config")):
         return
     makefile = read_regular(src / "Makefile")
-    if makefile is None or not ERLANG_MK_INCLUDE.search(makefile):
+    variables = makefile_variables(makefile) if makefile is not None else None
+    if variables is None:
         return
     if os.path.islink(src / "src") or not (src / "src").is_dir():
         return
-    variables = {m.group(1).decode(): m.group(2).decode(errors="replace")
-                 for m in MAKE_VARIABLE.finditer(makefile)}
     _create(src / "erlang.mk", b"# placeholder written by enot-builder; enot compiles with erlc\n")
     build_log.line("erlang.mk project without erlang.mk: enot will compile it with erlc")
     project = variables.get("PROJECT", repo_name)
-    if not validation.NAME_PART.match(project):
+    if not validation.NAME_PART.fullmatch(project):
         return
     has_app_src = any(p.name.endswith(".app.src") for p in (src / "src").iterdir())
     if not has_app_src:

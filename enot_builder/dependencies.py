@@ -34,7 +34,7 @@ async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, 
     queued = []
     for url, tag in pins:
         try:
-            clone_url = validation.clone_url(url, config.git)
+            clone_url = validation.clone_url(url, config.git, config.data_dir)
             ref = validation.ref(tag)
             namespace, name = validation.repository_of(clone_url, "dependency")
         except ApiError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 import aiohttp_jinja2
@@ -94,6 +95,7 @@ def body_too_large(limit: int) -> str:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     caught: web.HTTPException | None = None
     try:
+        refuse_control_characters(request)
         return await handler(request)
     except web.HTTPException as e:
         if e.status < 400:
@@ -114,6 +116,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if allowed:
         response.headers["Allow"] = ", ".join(sorted(allowed))  # RFC 9110 wants it on a 405
     return response
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def refuse_control_characters(request: web.Request) -> None:
+    """No handler sees a control character in a query parameter.
+
+    PostgreSQL cannot store NUL (psycopg2 raises on it, which was a 500), and no name,
+    tag, id or search of ours has a use for a control character: one check for all.
+    (Path parameters are each held to a strict shape by their handler, some of which
+    answer in the enot client's text rather than the envelope.)
+    """
+    for key, value in request.query.items():
+        if CONTROL.search(key) or CONTROL.search(value):
+            raise ApiError(400, f"Query parameter {_printable(key)!r} contains a control "
+                                "character (such as NUL or a newline)")
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    return CONTROL.sub("?", text[:limit])
 
 
 def _http_message(request: web.Request, e: web.HTTPException) -> str:

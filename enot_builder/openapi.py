@@ -7,16 +7,35 @@ check that the answers match it. The shapes follow ../shared/PROTOCOL.md.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from aiohttp import web
 
 from . import __version__
+from .config import GitConfig
+from .keys import CONFIG
+from .validation import ERL_VERSION as ERL_VERSION_RE
 from .validation import MAX_REF_LENGTH, MAX_URL_LENGTH, MAX_VERSIONS
+from .validation import NAME_PART as NAME_PART_RE
 
-NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
-FULL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
-ERL_VERSION = r"^(?:\d{1,3}|R\d{1,2}[AB]\d{0,2}(?:-\d{1,2})?)$"
+# The very shapes validation.py holds values to (a test checks each against it).
+# ECMA-262's `$` (JSON Schema's dialect) ends the string: no trailing newline.
+NAME_PART = NAME_PART_RE.pattern
+NAME = {"type": "string", "pattern": f"^{NAME_PART}$", "not": {"pattern": r"\.lock$"}}
+FULL_NAME = {"type": "string", "pattern": f"^{NAME_PART}/{NAME_PART}$",
+             "not": {"pattern": r"\.lock(/|$)"}}
+ERL_VERSION = f"^{ERL_VERSION_RE.pattern}$"
+# A tag as validation.ref_problem takes it: no space, control character or ~^:?*[\,
+# no leading '-' or '/', no '..', '@{', '//', no component starting with '.' or ending
+# with '.lock', not ending with '.' or '/', and not '@' alone.
+REF_CHAR = r"[^\x00-\x20\x7f~^:?*\[\\]"
+REF = {"type": "string", "minLength": 1, "maxLength": MAX_REF_LENGTH,
+       "pattern": f"^{REF_CHAR}+$",
+       "not": {"anyOf": [{"pattern": p} for p in (
+           r"^[-/]", r"\.\.", "@\\{", "//", r"[./]$", r"^@$", r"(^|/)\.", r"\.lock(/|$)")]}}
+# Completed per server by spec(): a URL in one of the schemes it allows.
+CLONE_URL: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH}
 
 STRING = {"type": "string"}
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -51,22 +70,21 @@ ARTIFACT = {"description": "The package (`<name>.ep`), with Content-Disposition,
                                                                 "format": "binary"}}}}
 
 # A null filter field is the same as a missing one.
-VERSION_FILTER = _obj([], ref={"type": ["string", "null"], "minLength": 1,
-                               "maxLength": MAX_REF_LENGTH},
+VERSION_FILTER = _obj([], ref={"oneOf": [REF, {"type": "null"}]},
                       erl_version={"type": ["string", "null"], "pattern": ERL_VERSION})
 # The enot client sends one filter object; a list of them works too; null means none.
 FILTERS = {"oneOf": [{"type": "array", "maxItems": MAX_VERSIONS, "items": VERSION_FILTER},
                      VERSION_FILTER, {"type": "null"}]}
-PACKAGE_QUERY = _obj(["full_name"], full_name={"type": "string", "pattern": FULL_NAME},
+PACKAGE_QUERY = _obj(["full_name"], full_name=FULL_NAME,
                      versions=FILTERS)
 
 BUILD_REQUEST = _obj(
     ["full_name", "clone_url", "versions"],
-    full_name={"type": "string", "pattern": FULL_NAME},
-    clone_url={"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH},
+    full_name=FULL_NAME,
+    clone_url=CLONE_URL,
     versions={"type": "array", "minItems": 1, "maxItems": MAX_VERSIONS,
               "items": _obj(["ref"],
-                            ref={"type": "string", "minLength": 1, "maxLength": MAX_REF_LENGTH},
+                            ref=REF,
                             erl_version={"type": ["string", "null"], "pattern": ERL_VERSION})},
     notify_email={"type": "boolean"},
 )
@@ -137,10 +155,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/search": {"get": {
         "summary": "The latest finished build of each matching version",
         "parameters": [
-            _query("name", {"type": "string", "pattern": NAME}, required=True),
-            _query("namespace", {"type": "string", "pattern": NAME}),
-            _query("version", {"type": "string", "minLength": 1, "maxLength": MAX_REF_LENGTH}),
-            _query("erl_version", {"type": "string", "pattern": ERL_VERSION}),
+            _query("name", NAME, required=True),
+            # An empty filter is no filter, as the handler reads it.
+            _query("namespace", {"anyOf": [NAME, {"const": ""}]}),
+            _query("version", {"anyOf": [REF, {"const": ""}]}),
+            _query("erl_version", {"type": "string", "pattern": f"^$|{ERL_VERSION}"}),
             _query("limit", N_PARAM, description="at most this many (default 100)")],
         "responses": {"200": _ok({"type": "array", "items": PACKAGE_BUILD}, "Package-builds"),
                       "400": BAD}}},
@@ -207,7 +226,8 @@ PATHS: dict[str, dict[str, Any]] = {
                       "400": BAD}}},
     "/download_erts/{version}": {"get": {
         "summary": "A tar of an Erlang installation's erts-* directory",
-        "parameters": [{"name": "version", "in": "path", "required": True, "schema": STRING,
+        "parameters": [{"name": "version", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": ERL_VERSION},
                         "description": "an Erlang/OTP release such as 25"}],
         "responses": {"200": {"description": "The tarball",
                               "content": {"application/x-tar": {"schema": {
@@ -223,8 +243,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                    "The database is unreachable")}}},
     "/badge": {"get": {
         "summary": "A badge of the newest successfully built version",
-        "parameters": [_query("full_name", {"type": "string", "pattern": FULL_NAME},
-                              required=True)],
+        "parameters": [_query("full_name", FULL_NAME, required=True)],
         "responses": {"200": {"description": "An SVG badge",
                               "content": {"image/svg+xml": {"schema": STRING}}},
                       "302": {"description": "Redirect to shields.io (badge_style = shields)"},
@@ -263,5 +282,15 @@ SPEC: dict[str, Any] = {
 }
 
 
+def spec(git: GitConfig) -> dict[str, Any]:
+    """The description of a server with these git settings: clone URLs in its schemes."""
+    copies: dict[int, Any] = {}
+    described = copy.deepcopy(SPEC, copies)
+    schemes = "|".join(sorted(git.allowed_schemes))
+    # Each reference to CLONE_URL in SPEC was copied once, into copies[id(CLONE_URL)].
+    copies[id(CLONE_URL)]["pattern"] = f"^(?:{schemes})://[^\\x00-\\x20\\x7f]+$"
+    return described
+
+
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(SPEC)
+    return web.json_response(spec(request.app[CONFIG].git))

@@ -8,9 +8,11 @@ held to strict shapes here rather than escaped later.
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -19,8 +21,9 @@ from aiohttp import web
 from .config import GitConfig
 from .errors import ApiError
 
-NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-ERL_VERSION = re.compile(r"^(?:\d{1,3}|R\d{1,2}[AB]\d{0,2}(?:-\d{1,2})?)$")
+# Whole-value shapes: always applied with fullmatch (a `$` would let "a\n" through).
+NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+ERL_VERSION = re.compile(r"(?:\d{1,3}|R\d{1,2}[AB]\d{0,2}(?:-\d{1,2})?)")
 REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 MAX_VERSIONS = 32
@@ -67,7 +70,7 @@ def name_part(value: str, field: str) -> str:
 
 
 def _name_part(part: str) -> bool:
-    return bool(NAME_PART.match(part)) and part not in (".", "..") and not part.endswith(".lock")
+    return bool(NAME_PART.fullmatch(part)) and part not in (".", "..") and not part.endswith(".lock")
 
 
 def ref(value: Any, field: str = "ref") -> str:
@@ -106,7 +109,7 @@ def ref_problem(value: str) -> str | None:
 
 
 def erl_version(value: Any, field: str = "erl_version") -> str:
-    if not isinstance(value, str) or not ERL_VERSION.match(value):
+    if not isinstance(value, str) or not ERL_VERSION.fullmatch(value):
         raise bad(f"Field {field!r} must be an Erlang/OTP release such as \"25\", "
                   f"got {_shorten(str(value))!r}")
     return value
@@ -180,8 +183,12 @@ def version_filters(value: Any) -> list[dict[str, str]] | None:
     return filters
 
 
-def clone_url(value: Any, git: GitConfig) -> str:
-    """A clone URL on the allow-list. Credentials are refused and never echoed."""
+def clone_url(value: Any, git: GitConfig, data_dir: Path) -> str:
+    """A clone URL on the allow-list. Credentials are refused and never echoed.
+
+    `data_dir` is the server's data directory: no file:// URL may name it, anything
+    in it or a directory above it (the build sandbox would show it to the build).
+    """
     if not isinstance(value, str) or not value:
         raise bad("Field 'clone_url' must be a non-empty string")
     if len(value) > MAX_URL_LENGTH:
@@ -209,6 +216,9 @@ def clone_url(value: Any, git: GitConfig) -> str:
         if (parts.netloc or not path.startswith("/") or ".." in path.split("/")
                 or CONTROL_OR_SPACE.search(path)):
             raise bad("Field 'clone_url': a file URL must be file:///absolute/path")
+        if _shows(Path(os.path.realpath(path)), data_dir.resolve()):
+            raise bad("Field 'clone_url': a file URL must not name the server's data "
+                      "directory, a directory inside it or one above it")
         return value
     host = (parts.hostname or "").lower()
     if host not in [h.lower() for h in git.allowed_hosts]:
@@ -239,6 +249,11 @@ def _owner_and_repository(path: str) -> tuple[str, str] | None:
 def host_of(url: str) -> str:
     """The host a clone URL names, lowercased; '' for a file:// URL (this machine)."""
     return (urlsplit(url).hostname or "").lower()
+
+
+def _shows(path: Path, data_dir: Path) -> bool:
+    """Whether binding `path` into a sandbox would show it `data_dir` (or some of it)."""
+    return path.is_relative_to(data_dir) or data_dir.is_relative_to(path)
 
 
 def repository_of(url: str, field: str = "clone_url") -> tuple[str, str]:

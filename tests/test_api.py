@@ -174,6 +174,15 @@ BAD_BUILD_REQUESTS = [
     (with_(clone_url="file://host/tmp/x"), "file:///absolute/path"),
     (with_(clone_url="https://github.com/ns/pkg?x=1"), "query or fragment"),
     (with_(clone_url="https://secret-token@github.com/ns/pkg"), "must not carry credentials"),
+    # `$` would let a trailing newline through; every shape is a fullmatch.
+    (with_(full_name="ns/pkg\n"), "must be 'namespace/name'"),
+    (with_(full_name="ns\n/pkg"), "must be 'namespace/name'"),
+    (with_(versions=[{"ref": "1.0.0\n"}]), "control character"),
+    (with_(versions=[{"ref": "1.0.0", "erl_version": "25\n"}]), "Erlang/OTP release"),
+    (with_(clone_url="https://github.com/ns/pkg\n"), "control characters"),
+    (with_(full_name="ns/pkg\x00"), "must be 'namespace/name'"),
+    # The schema's minLength 1 let these through to the checks: they must fail there.
+    (with_(clone_url="0"), "scheme '(none)' is not allowed"),
 ]
 
 
@@ -220,6 +229,14 @@ BAD_QUERIES = [
     ("GET", "/search", {"name": "x" * 101}, 400, "'name'"),
     ("GET", "/nowhere", {}, 404, "Not found: /nowhere"),
     ("DELETE", "/buildAsync", {}, 405, "Method DELETE not allowed"),
+    # PostgreSQL cannot store NUL: it was a 500. No control character reaches a handler.
+    ("GET", "/search", {"name": "x\x00"}, 400, "Query parameter 'name' contains a control"),
+    ("GET", "/search", {"name": "x", "namespace": "\x00"}, 400, "'namespace' contains a control"),
+    ("GET", "/search", {"name": "x\n"}, 400, "'name' contains a control character"),
+    ("GET", "/badge", {"full_name": "a/b\n"}, 400, "'full_name' contains a control character"),
+    ("GET", "/last_builds", {"n": "1\x1b"}, 400, "'n' contains a control character"),
+    ("GET", "/build_log", {"build_id\x00": "x"}, 400, "contains a control character"),
+    ("GET", "/download/%00", {}, 400, "not a build id"),
 ]
 
 
@@ -270,3 +287,22 @@ async def test_oversized_body_is_refused(client: TestClient) -> None:
     assert r.status == 413
     body = await r.json()
     assert body["result"] is False and "too large" in body["response"]
+
+
+@pytest.mark.parametrize("path", ["/ui/packages?q=%00", "/ui/packages?namespace=a%00",
+                                  "/ui/packages?q=a%0Ab", "/ui/request?full_name=%00"])
+async def test_control_characters_in_pages_are_an_error_page(client: TestClient,
+                                                             path: str) -> None:
+    r = await client.get(path)
+    assert r.status == 400, await r.text()
+    assert r.content_type == "text/html"
+    assert "contains a control character" in await r.text()
+
+
+async def test_empty_search_filters_are_no_filters(client: TestClient,
+                                                   built: dict[str, Any]) -> None:
+    """As the OpenAPI description says: an empty namespace, version or release is absent."""
+    r = await client.get("/search", params={"name": "lister", "namespace": "",
+                                            "version": "", "erl_version": ""})
+    assert r.status == 200, await r.text()
+    assert len((await r.json())["response"]) == 2  # both built versions

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -26,12 +27,19 @@ from aiohttp.test_utils import TestClient
 from enot_builder import config as config_module
 from enot_builder import store
 from enot_builder.app import create_app
+from enot_builder.builder import BuildFailure, stamp_package
 from enot_builder.buildlog import RESERVE
 from enot_builder.db import cursor
 from enot_builder.keys import BUILDER, POOL
 
 from . import projects
-from .conftest import eventually, no_process_left, require, wait_for_status, world_readable_tempdir
+from .conftest import (
+    eventually,
+    no_process_left,
+    require,
+    wait_for_status,
+    world_readable_tempdir,
+)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # The server must keep answering while a hostile build runs. A bound on waiting for
@@ -345,7 +353,7 @@ async def test_package_symlink_to_a_server_file_is_refused(
 
 @pytest.mark.parametrize("link", ["/etc/passwd", "../../../outside"])
 async def test_package_with_a_link_inside_is_refused(client: TestClient, make_repo: Any,
-                                                     link: str) -> None:
+                                                     data_dir: Path, link: str) -> None:
     # enot clients unpack packages with a bare extractall(): a link (or an absolute or
     # ../ name) in a package would write outside it on every machine installing it.
     url = make_repo("linky", projects.enot_project("linky", prebuild=[
@@ -355,6 +363,9 @@ async def test_package_with_a_link_inside_is_refused(client: TestClient, make_re
     assert build["message"] == ("the package holds an unsafe entry 'priv/evil' (only plain "
                                 "files and directories inside it are allowed)")
     assert (await client.get(f"/download/{build['id']}")).status == 404
+    # Refused after its directory was made: nothing of it stays, not even that.
+    build_id = str(build["id"])
+    assert not (data_dir / "artifacts" / build_id[:2] / build_id).exists()
 
 
 async def test_missing_bubblewrap_fails_builds_clearly(client: TestClient,
@@ -371,19 +382,120 @@ async def test_missing_bubblewrap_fails_builds_clearly(client: TestClient,
 
 
 
-@pytest.mark.parametrize("where", ["data_dir", "parent", "inside", "root"])
-async def test_file_urls_cannot_show_the_data_dir(client: TestClient, data_dir: Path,
-                                                  where: str) -> None:
-    """A file:// source is bound read-only into the clone's sandbox: never the data dir."""
+@pytest.mark.parametrize("where", ["data_dir", "parent", "inside", "root", "link"])
+async def test_file_urls_naming_the_data_dir_are_refused_at_intake(
+        client: TestClient, data_dir: Path, repos_dir: Path, db_conn: Any, where: str) -> None:
+    """A file:// source would be bound read-only into the clone's sandbox: never the
+    data dir, anything in it or above it, nor a link to it; refused before anything is
+    written."""
+    link = repos_dir / "innocent"
+    link.symlink_to(data_dir)
     path = {"data_dir": data_dir, "parent": data_dir.parent, "inside": data_dir / "logs",
-            "root": Path("/")}[where]
-    url = f"file://{path}"
-    r = await client.post("/buildAsync", json={"full_name": "hostile/peek", "clone_url": url,
+            "root": Path("/"), "link": link}[where]
+    r = await client.post("/buildAsync", json={"full_name": "hostile/peek",
+                                               "clone_url": f"file://{path}",
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 400, await r.text()
+    assert await r.json() == {"result": False, "response": (
+        "Field 'clone_url': a file URL must not name the server's data directory, a "
+        "directory inside it or one above it")}
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM builds) + (SELECT count(*) FROM repositories)")
+        assert cur.fetchone()[0] == 0
+
+
+async def test_the_sandbox_still_refuses_a_mirror_in_the_data_dir(
+        make_client: Any, data_dir: Path) -> None:
+    """An operator's rewrite to a local mirror is bound into the sandbox too: the
+    sandbox's own check (behind intake's) refuses one that would show the data dir."""
+    client = await make_client(git__rewrites={"https://github.com/": f"file://{data_dir}/"})
+    r = await client.post("/buildAsync", json={"full_name": "hostile/peek",
+                                               "clone_url": "https://github.com/hostile/peek",
                                                "versions": [{"ref": "1.0.0"}]})
     assert r.status == 202, await r.text()
     build_id = (await r.json())["response"][0]["build_id"]
     build = await wait_for_status(client, build_id, TERMINAL)
     assert build["status"] == "failed"
-    expected = ("refusing to show the whole file system to a build" if where == "root"
-                else f"{path} would show the server's data directory to the build")
-    assert build["message"] == f"the build sandbox is not usable: {expected}"
+    assert build["message"] == ("the build sandbox is not usable: "
+                                f"{data_dir} would show the server's data directory to the build")
+
+
+# Makefiles that made the old MULTILINE `^\s*` regexes quadratic, on the event loop
+# (150,000 newlines held the server 72 s), and lines that would make a careless
+# per-line regex quadratic. Each is at most the 1 MiB the builder reads.
+HOSTILE_MAKEFILES = {
+    "newlines": "\n" * 150_000,
+    "spaces": " " * (1024 * 1024 - 1) + "\n",
+    "spaced_value": "include erlang.mk\nPROJECT = x" + " " * 1_000_000 + "y\n",
+    "many_projects": "include erlang.mk\n" + "PROJECT = mk\n" * 80_000,
+}
+# The issue's bound: /health answers within 100 ms all through such a build. A GET
+# /health is a few milliseconds here even under load; a blocked event loop is seconds.
+HEALTH_BOUND = 0.1
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_MAKEFILES))
+async def test_hostile_makefile_never_blocks_the_server(client: TestClient, make_repo: Any,
+                                                        kind: str) -> None:
+    files = {"Makefile": HOSTILE_MAKEFILES[kind],
+             "src/mk.erl": "-module(mk).\n-export([ping/0]).\nping() -> pong.\n"}
+    url = make_repo("mk", files)
+    r = await client.post("/buildAsync", json={"full_name": "hostile/mk", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 202, await r.text()
+    build_id = (await r.json())["response"][0]["build_id"]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 120
+    latencies = []
+    while True:
+        started = loop.time()
+        r = await client.get("/health")
+        latencies.append(loop.time() - started)
+        assert r.status == 200, await r.text()
+        async with cursor(client.server.app[POOL]) as cur:
+            build = await store.get_build(cur, build_id)
+        if build["status"] in TERMINAL:
+            break
+        assert loop.time() < end, f"build {build_id} still {build['status']}"
+        await asyncio.sleep(0.02)
+    assert max(latencies) < HEALTH_BOUND, \
+        f"/health took {max(latencies) * 1000:.0f} ms during the build ({len(latencies)} polls)"
+    assert build["status"] in ("succeeded", "failed")
+    assert "internal error" not in build["message"]
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize("depth,message", [
+    (DEEP, "enot_config.json nests too deeply"),  # past Python's recursion limit
+    (200, "enot_config.json nests too deeply (more than 64 levels)"),  # within it
+])
+async def test_deeply_nested_enot_config_fails_cleanly(client: TestClient, make_repo: Any,
+                                                       caplog: Any, depth: int,
+                                                       message: str) -> None:
+    files = projects.enot_project("deep")
+    files["enot_config.json"] = ('{"name": "deep", "app_vsn": "1.0.0", "deps": [], "x": '
+                                 + "[" * depth + "]" * depth + "}")
+    url = make_repo("deep", files)
+    with caplog.at_level(logging.INFO):
+        build, log = await hostile_build(client, "deep", url)
+    assert build["status"] == "failed"
+    assert build["message"] == message
+    assert "Traceback" not in log
+    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_a_package_with_deeply_nested_config_is_refused() -> None:
+    """The finished .ep's own enot_config.json goes through the same bounded parse."""
+    package = io.BytesIO()
+    raw = b'{"name": "deep", "x": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+    with tarfile.open(fileobj=package, mode="w") as tar:
+        member = tarfile.TarInfo("enot_config.json")
+        member.size = len(raw)
+        tar.addfile(member, io.BytesIO(raw))
+    package.seek(0)
+    with pytest.raises(BuildFailure) as failure:
+        stamp_package(package, io.BytesIO(), "hostile/deep")
+    assert str(failure.value) == "the package's enot_config.json nests too deeply"

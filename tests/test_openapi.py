@@ -11,11 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
+import pytest
 from aiohttp import web
 
+from enot_builder import validation
 from enot_builder.app import create_app
-from enot_builder.config import Config
-from enot_builder.openapi import SPEC
+from enot_builder.config import Config, GitConfig
+from enot_builder.errors import ApiError
+from enot_builder.openapi import ERL_VERSION, FULL_NAME, NAME, REF, SPEC, spec
 
 # Routes that serve HTML (and its CSS and JavaScript) to browsers: not part of the
 # described API.
@@ -52,10 +56,14 @@ def test_every_route_is_described_and_nothing_else() -> None:
     assert routes == described_operations()
 
 
-async def test_openapi_json_is_served(client: Any) -> None:
+async def test_openapi_json_is_served(client: Any, config: Config) -> None:
     r = await client.get("/openapi.json")
     assert r.status == 200
-    assert await r.json() == SPEC
+    served = await r.json()
+    assert served == spec(config.git)
+    clone_url = served["paths"]["/buildAsync"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["clone_url"]
+    assert clone_url["pattern"] == r"^(?:file|https)://[^\x00-\x20\x7f]+$"
 
 
 async def test_live_server_keeps_to_the_description(make_client: Any, tmp_path: Path) -> None:
@@ -78,3 +86,48 @@ async def test_live_server_keeps_to_the_description(make_client: Any, tmp_path: 
             await proc.wait()
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-6000:]
+
+
+# Values on both sides of each check: the description must take exactly what
+# validation.py takes (it was looser: clone_url "0", a trailing newline).
+SHAPES = {
+    "full_name": (FULL_NAME, lambda v: validation.full_name(v), [
+        "a/b", "A_1/b.c-d", "a/b\n", "a\n/b", "a/b/c", "a", "/b", "a/", ".a/b", "a/b.lock",
+        "a.lock/b", "a/" + "b" * 100, "a/" + "b" * 101, "a /b", "a/b\x00", "é/b"]),
+    "name": (NAME, lambda v: validation.name_part(v, "name"), [
+        "a", "a.b-c_d", "a\n", "", ".a", "a.lock", "a/b", "x" * 100, "x" * 101, "a b"]),
+    "ref": (REF, lambda v: validation.ref(v), [
+        "1.0.0", "v1/rc.2", "1.0.0\n", "-x", "/a", "a/", "a.", "a..b", "a@{b", "a//b", "@",
+        "a/.b", ".a", "a.lock", "a.lock/b", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b",
+        "a\x7f", "a\x00", "1" * 255, "1" * 256, "", "@a", "a@b", "é"]),
+    "erl_version": ({"type": "string", "pattern": ERL_VERSION}, validation.erl_version, [
+        "25", "R16B03-1", "R16B", "25\n", "", "2500", "R16C", "twenty-five", "R16B03-1\n"]),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_described_shapes_take_what_validation_takes(shape: str) -> None:
+    schema, check, values = SHAPES[shape]
+    described = jsonschema_rs.validator_for(schema)
+    for value in values:
+        try:
+            check(value)
+            valid = True
+        except ApiError:
+            valid = False
+        assert described.is_valid(value) == valid, f"{shape} {value!r}: validation says {valid}"
+
+
+def test_described_clone_urls_keep_to_the_allowed_schemes() -> None:
+    git = GitConfig(allowed_schemes=["https", "file"])
+    schema = spec(git)["paths"]["/buildAsync"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["clone_url"]
+    described = jsonschema_rs.validator_for(schema)
+    for refused in ("0", "", "https://github.com/a/b\n", "http://github.com/a/b",
+                    "ext::sh -c x", "-uhttps://x/a/b", "https://github.com/a b"):
+        assert not described.is_valid(refused), refused
+        with pytest.raises(ApiError):
+            validation.clone_url(refused, git, Path("/srv/enot-data"))
+    for taken in ("https://github.com/a/b", "file:///srv/repos/a"):
+        assert described.is_valid(taken)
+        validation.clone_url(taken, git, Path("/srv/enot-data"))

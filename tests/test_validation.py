@@ -1,5 +1,5 @@
-"""validation.ref_problem against the real `git check-ref-format`, over many strings;
-clone URLs held to exactly the package's own repository."""
+"""validation.py: ref_problem against the real `git check-ref-format`, fullmatch, file
+URLs, and clone URLs held to exactly the package's own repository."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enot_builder import validation
+from enot_builder.config import GitConfig
+from enot_builder.errors import ApiError
 from enot_builder.validation import MAX_REF_LENGTH, ref_problem, same_repository
 
 from . import projects
@@ -113,3 +116,54 @@ async def test_squatting_urls_are_refused_and_the_owner_then_builds(
 ])
 def test_same_repository_means_same_host_and_path(a: str, b: str, same: bool) -> None:
     assert same_repository(a, b) is same
+
+
+# Each check with a trailing (or embedded) newline: `^...$` let "a/b\n" through, which
+# was accepted, built and stored. The checks must fullmatch.
+NEWLINE_CASES = [
+    (lambda v: validation.full_name(v), "a/b\n"),
+    (lambda v: validation.full_name(v), "a\n/b"),
+    (lambda v: validation.name_part(v, "namespace"), "ns\n"),
+    (lambda v: validation.name_part(v, "name"), "name\n"),
+    (lambda v: validation.ref(v), "1.0.0\n"),
+    (lambda v: validation.erl_version(v), "25\n"),
+    (lambda v: validation.erl_version(v), "R16B03-1\n"),
+    (lambda v: validation.build_versions([{"ref": "1.0", "erl_version": "25\n"}]), None),
+    (lambda v: validation.clone_url("https://github.com/a/b\n", GitConfig(), Path("/srv/x")),
+     None),
+]
+
+
+@pytest.mark.parametrize("check,value", NEWLINE_CASES)
+def test_a_trailing_newline_is_refused(check: object, value: str | None) -> None:
+    with pytest.raises(ApiError) as refused:
+        check(value)  # type: ignore[operator]
+    assert refused.value.status == 400
+
+
+def test_the_same_values_without_the_newline_pass() -> None:
+    assert validation.full_name("a/b") == ("a", "b")
+    assert validation.ref("1.0.0") == "1.0.0"
+    assert validation.erl_version("R16B03-1") == "R16B03-1"
+    assert validation.name_part("ns", "namespace") == "ns"
+
+
+def test_every_shape_is_applied_as_a_fullmatch() -> None:
+    """The shapes carry no anchors, so a `.match` or `.search` left anywhere fails here."""
+    for shape in (validation.NAME_PART, validation.ERL_VERSION):
+        assert "^" not in shape.pattern and "$" not in shape.pattern
+        assert shape.fullmatch("25\n") is None
+
+
+@pytest.mark.parametrize("where", ["at", "inside", "above", "root"])
+def test_file_urls_at_inside_or_above_the_data_dir_are_refused(tmp_path: Path,
+                                                               where: str) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "logs").mkdir(parents=True)
+    path = {"at": data_dir, "inside": data_dir / "logs", "above": tmp_path, "root": "/"}[where]
+    git = GitConfig(allowed_schemes=["file"])
+    with pytest.raises(ApiError) as refused:
+        validation.clone_url(f"file://{path}", git, data_dir)
+    assert "must not name the server's data directory" in refused.value.message
+    beside = tmp_path / "repos" / "pkg"
+    assert validation.clone_url(f"file://{beside}", git, data_dir) == f"file://{beside}"

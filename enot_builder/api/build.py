@@ -17,7 +17,8 @@ from ..submission import submit
 async def _parse(request: web.Request) -> BuildRequest:
     body = await validation.json_body(request)
     namespace, name = validation.full_name(body.get("full_name"))
-    clone_url = validation.clone_url(body.get("clone_url"), request.app[CONFIG].git)
+    clone_url = validation.clone_url(body.get("clone_url"), request.app[CONFIG].git,
+                                     request.app[CONFIG].data_dir)
     versions = validation.build_versions(body.get("versions"))
     notify = validation.boolean(body, "notify_email", default=True)
     return BuildRequest(namespace, name, clone_url, versions, notify_email=notify)

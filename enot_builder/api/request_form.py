@@ -44,7 +44,8 @@ async def request_submit(request: web.Request) -> web.Response:
     except ApiError as e:
         errors["full_name"] = e.message
     try:
-        clone_url = validation.clone_url(form["clone_url"], request.app[CONFIG].git)
+        clone_url = validation.clone_url(form["clone_url"], request.app[CONFIG].git,
+                                         request.app[CONFIG].data_dir)
     except ApiError as e:
         errors["clone_url"] = e.message
     erl = form["erl_version"] or None

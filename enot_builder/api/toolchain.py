@@ -13,7 +13,7 @@ from ..keys import ERTS, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
 
 async def download_erts(request: web.Request) -> web.StreamResponse:
     version = request.match_info["version"]
-    if not validation.ERL_VERSION.match(version):
+    if not validation.ERL_VERSION.fullmatch(version):
         # The enot client recognises a missing ERTS by this body prefix.
         return web.Response(status=400, text=f"No such erlang: {version[:40]!r} is not an "
                                              "Erlang/OTP release", content_type="text/plain")
