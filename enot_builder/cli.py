@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         # final flush of stdout from failing again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # the port taken, a directory not writable: one line, no traceback
+        print(f"enot-builder: {e}", file=sys.stderr)
+        return 1
 
 
 def serve(config: config_module.Config) -> int:
@@ -75,14 +78,16 @@ async def _serve(config: config_module.Config) -> None:
     """Serve until SIGTERM or SIGINT. The signal drains the app before the listening
     socket closes: during the grace, clients get answers (503 for new builds), not
     refused connections."""
+    # The handlers first: a signal during a slow first start (initdb, migrations) lets
+    # the start finish, then drains and stops, instead of cutting it off half-way.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     runner = await connections.start(create_app(config), config, **RUNNER_OPTIONS)
     try:
         logging.getLogger(__name__).info("listening on http://%s:%d", config.server.host,
                                          config.server.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         await drain(runner.app)
     finally:

@@ -283,6 +283,12 @@ class _Connection(asyncio.Protocol):
 async def start(app: web.Application, config: Config, **runner_options: Any) -> BoundedRunner:
     """Set the app up and listen on server.host:server.port; the caller cleans up."""
     runner = BoundedRunner(app, config, **runner_options)
-    await runner.setup()
-    await web.TCPSite(runner, config.server.host, config.server.port).start()
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, config.server.host, config.server.port).start()
+    except BaseException:
+        # A start that failed half-way (a context refusing to start, the port taken,
+        # a cancellation) still stops what did start: the private cluster above all.
+        await runner.cleanup()
+        raise
     return runner

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from . import validation
 
-WEBHOOK_URL = re.compile(r"^https://github\.com/([^/]+/[^/]+?)(?:\.git)?/?$")
+WEBHOOK_URL = re.compile(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?/?")
 SIGNATURE_HEADERS = (("X-Hub-Signature-256", hashlib.sha256), ("X-Hub-Signature", hashlib.sha1))
 
 
@@ -121,7 +121,7 @@ def tag_to_build(event: str, payload: dict[str, Any]) -> TagEvent | str:
                                    "repository.clone_url")
     if not isinstance(repository_id, int) or isinstance(repository_id, bool):
         raise WebhookRejected(400, "The webhook lacks repository.id (a number)")
-    match = WEBHOOK_URL.match(clone_url)
+    match = WEBHOOK_URL.fullmatch(clone_url)
     if not match or match.group(1).lower() != full_name.lower():
         raise WebhookRejected(400, f"The webhook's clone URL must be https://github.com/{full_name}")
     return TagEvent(full_name, clone_url, tag, repository_id)

@@ -379,6 +379,9 @@ class BuildQueue:
 
             async def split(cur: aiopg.Cursor) -> None:
                 async with cur.begin():
+                    # The tag's lock first, then the build's row: the order of a request
+                    # that joins this build, so that neither waits for the other.
+                    await store.lock_build_key(cur, build["repository_id"], build["ref"])
                     await store.set_build_erl_version(cur, build_id, first)
                     for release in rest:
                         child = await store.enqueue_build(

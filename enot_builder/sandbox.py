@@ -9,8 +9,8 @@ Every step of a build (git clone, enot) runs as
 - prlimit bounds CPU time, address space, processes and the size of files written;
 - setpriv drops to an unprivileged build user when the server is root, so that the
   process limit counts the build's processes and nothing it does is done as root;
-- bwrap gives a private mount, PID, IPC and UTS namespace (and network, unless builds
-  may use it) where the system directories are read-only, only the build's own work
+- bwrap gives a private mount, PID, IPC, UTS and network namespace (a step with
+  network gets slirp4netns behind its own one: netstack.py) where the system directories are read-only, only the build's own work
   directory is writable, /tmp is private, and nothing of the server's (config, data
   directory, database socket, other builds) exists. --die-with-parent and the PID
   namespace make the whole process tree die with the step or with the server;
@@ -26,9 +26,10 @@ Limits that are not airtight, on purpose or by the kernel's design:
 - The work directory is on the server's disk: each file is bounded by
   `max_file_size_mb`, their number is not. Keep `storage.data_dir` on a filesystem
   where a full disk hurts only builds.
-- With `network = true` the build shares the host's network namespace: it reaches
-  what the host reaches, including services on 127.0.0.1 and abstract Unix sockets.
-  Keep the database on its Unix socket (the private cluster does) or behind a password.
+- With `network = true` a build reaches the internet through slirp4netns, never the
+  host's loopback, its own addresses or its Unix sockets; other machines of the host's
+  network (and cloud metadata addresses) stay reachable: firewall the build user's
+  traffic on the host where they hold anything private (README, "A build's network").
 """
 
 from __future__ import annotations

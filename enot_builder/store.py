@@ -24,7 +24,7 @@ _BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, b.not_before, r.namespace, r.name, r.clone_url
+    b.worker, b.not_before, r.namespace, r.name, r.clone_url, r.bound_by
 """
 
 # The protocol's package-build document, built where the data is.
@@ -121,7 +121,10 @@ async def bind_repository(cur: aiopg.Cursor, namespace: str, name: str, clone_ur
         return row
     await cur.execute(
         f"SELECT {_REPOSITORY_COLUMNS} FROM repositories"
-        " WHERE namespace = %(namespace)s AND name = %(name)s FOR UPDATE",
+        # NO KEY UPDATE: requests still take turns on the binding, while a build that
+        # finishes meanwhile can insert its package_versions row (its foreign key takes
+        # KEY SHARE on this row; FOR UPDATE would make the two wait for each other).
+        " WHERE namespace = %(namespace)s AND name = %(name)s FOR NO KEY UPDATE",
         {"namespace": namespace, "name": name},
     )
     return await cur.fetchone()
@@ -133,6 +136,14 @@ async def rebind_repository(cur: aiopg.Cursor, repository_id: int, *, clone_url:
     """Change a binding. With new_source (another host or path), the versions built
     from the old source stop being this package's: their builds stay, unlisted."""
     if new_source:
+        # Builds still to come from the old source would list its code under the name:
+        # cancelled (a running one's result is then not recorded: finish_build writes
+        # only over 'running').
+        await cur.execute(
+            "UPDATE builds SET status = 'cancelled', finished_at = now(),"
+            " message = 'cancelled: the package name was bound to another repository'"
+            " WHERE repository_id = %(id)s AND status IN ('queued', 'running')",
+            {"id": repository_id})
         await cur.execute(
             "UPDATE builds SET package_version_id = NULL WHERE repository_id = %(id)s"
             " AND package_version_id IS NOT NULL", {"id": repository_id})
@@ -168,7 +179,7 @@ async def find_repository(cur: aiopg.Cursor, namespace: str, name: str) -> Row |
 _BUILD_KEY_LOCK = 0x656E6F75
 
 
-async def _lock_build_key(cur: aiopg.Cursor, repository_id: int, ref: str) -> None:
+async def lock_build_key(cur: aiopg.Cursor, repository_id: int, ref: str) -> None:
     """Serialize, until the transaction ends, everything that asks whether a tag has a
     build: the check and the insert of concurrent requests, and a build finishing.
 
@@ -192,12 +203,14 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
     not split off from another (its release is known only once it runs).
     Returns id, status and how: "queued" (new), "coalesced" or "existing".
     """
-    await _lock_build_key(cur, repository_id, ref)
+    await lock_build_key(cur, repository_id, ref)
     await cur.execute(
         """
         SELECT b.id::text AS id, b.status::text AS status FROM builds b
         WHERE b.repository_id = %(repository_id)s AND b.ref = %(ref)s
-          AND (b.status IN ('queued', 'running') OR (%(reuse)s AND b.status = 'succeeded'))
+          AND (b.status IN ('queued', 'running')
+               -- a success still listed: one from a source the name left is not its own
+               OR (%(reuse)s AND b.status = 'succeeded' AND b.package_version_id IS NOT NULL))
           AND CASE WHEN %(erl_version)s::text IS NULL THEN b.parent_id IS NULL
                    ELSE b.erl_version = %(erl_version)s END
         ORDER BY b.status = 'succeeded', b.created_at DESC
@@ -361,7 +374,7 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
         # Before the row's lock, as enqueue_build takes them: a request that joins
         # this build commits before the end is recorded (its report covers it), or
         # sees the end and does not join.
-        await _lock_build_key(cur, key["repository_id"], key["ref"])
+        await lock_build_key(cur, key["repository_id"], key["ref"])
         await cur.execute(
             """
             UPDATE builds SET status = %(status)s::build_status, message = %(message)s,

@@ -301,3 +301,28 @@ async def test_rebuild_queues_the_same_build_again(client: TestClient, make_repo
     assert (entry["full_name"], entry["ref"], entry["erl_version"]) == ("tester/again", "1.0.0", "25")
     done = await wait_for_status(client, entry["build_id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded"
+
+
+async def test_a_binding_being_decided_does_not_hold_up_a_finishing_build(
+        client: TestClient) -> None:
+    """A request holds its repository's row while it decides on the binding; a build of
+    that repository finishing meanwhile inserts its version row (a foreign key to the
+    same row). Had the request's lock blocked that, the two would deadlock over the
+    tag's lock, which the request takes next and the finishing build holds."""
+    from enot_builder import store
+    from enot_builder.keys import POOL
+
+    pool = client.server.app[POOL]
+    async with pool.acquire() as c1, c1.cursor() as cur1, pool.acquire() as c2, \
+            c2.cursor() as cur2:
+        repo = await store.bind_repository(cur1, "tester", "held",
+                                           "https://github.com/tester/held", "github.com",
+                                           "request")
+        await cur1.execute("BEGIN")
+        await store.bind_repository(cur1, "tester", "held", "https://github.com/tester/held",
+                                    "github.com", "request")  # the row, locked
+        # A bound on the wait, not a speed figure: blocked, this never ends by itself.
+        await cur2.execute("SET statement_timeout = '5s'")
+        await cur2.execute("INSERT INTO package_versions (repository_id, ref, erl_version)"
+                           " VALUES (%s, '1.0.0', '25')", (repo["id"],))
+        await cur1.execute("COMMIT")

@@ -258,3 +258,67 @@ async def test_dependency_cycle_stops(make_client: Any, make_repo: Any, repos_di
     queued = await dependencies.queue_dependencies(
         app[POOL], app[CONFIG], pong, [("https://github.com/tester/pang", "1.0.0")])
     assert len(queued) == 1
+
+
+async def test_an_owner_taking_a_name_back_gets_builds_of_their_own(client: TestClient,
+                                                                   db_conn: Any) -> None:
+    """What a dependency scan queued or built from a pinned URL is not the owner's:
+    their request for the same tag builds anew from their repository."""
+    from enot_builder.build_requests import BuildRequest, queue_in_transaction
+    from enot_builder.validation import VersionRequest
+
+    app = client.server.app
+    await app[QUEUE].stop(0)  # the queued builds stay rows
+    parent = {"namespace": "tester", "name": "pinner", "ref": "1.0.0", "erl_version": "25"}
+
+    def status(build_id: str) -> str:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT status FROM builds WHERE id = %s", (build_id,))
+            return cur.fetchone()[0]
+
+    async def owners_request(ref: str) -> dict[str, Any]:
+        async with cursor(app[POOL]) as cur, cur.begin():
+            [entry] = await queue_in_transaction(cur, BuildRequest(
+                "victim", "taken", "https://github.com/victim/taken",
+                [VersionRequest(ref, "25")]))
+        return entry
+
+    # Queued from the pinned URL, then the owner asks for the same tag: a new build,
+    # and the pinned one is cancelled (had it run, its code would be listed as theirs).
+    [pinned] = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], parent, [("https://gitlab.com/victim/taken", "1.0.0")])
+    entry = await owners_request("1.0.0")
+    assert entry["build_id"] != pinned and not entry["coalesced"], entry
+    assert status(pinned) == "cancelled"
+
+    # A success from the pinned URL (another provisional binding) is not answered as the
+    # owner's existing build either.
+    [pinned] = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], parent, [("https://gitlab.com/victim/gone", "1.0.0")])
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE builds SET status = 'running', worker = 'w' WHERE id = %s",
+                    (pinned,))
+    async with cursor(app[POOL]) as cur:
+        assert await store.finish_build(cur, pinned, worker="w", succeeded=True,
+                                        message="built")
+    async with cursor(app[POOL]) as cur, cur.begin():
+        [entry] = await queue_in_transaction(cur, BuildRequest(
+            "victim", "gone", "https://github.com/victim/gone",
+            [VersionRequest("1.0.0", "25")]))
+    assert entry["build_id"] != pinned and not entry["existing"], entry
+
+
+async def test_a_rebuild_leaves_a_provisional_binding_provisional(client: TestClient,
+                                                                  db_conn: Any) -> None:
+    """Anybody may ask for a rebuild: it is not the owner's word on whose the name is."""
+    from enot_builder.api.build import queue_again
+
+    app = client.server.app
+    parent = {"namespace": "tester", "name": "pinner", "ref": "1.0.0", "erl_version": "25"}
+    [pinned] = await dependencies.queue_dependencies(
+        app[POOL], app[CONFIG], parent, [("https://gitlab.com/victim/kept", "1.0.0")])
+    await queue_again(app, pinned)
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT clone_url, bound_by FROM repositories"
+                    " WHERE namespace = 'victim' AND name = 'kept'")
+        assert cur.fetchone() == ("https://gitlab.com/victim/kept", "dependency")

@@ -388,3 +388,20 @@ def test_slirp4netns_dies_with_a_killed_server(request: pytest.FixtureRequest, m
     while any(alive(pid) for pid in slirps):
         assert time.monotonic() < deadline, f"slirp4netns {slirps} outlived the server"
         time.sleep(0.1)
+
+
+def test_a_refused_start_stops_the_private_cluster(tmp_path: Path, data_dir: Path) -> None:
+    # Without a DSN the server starts its own cluster before the toolchain's check
+    # refuses: the refusal must stop that cluster again, not leave it running.
+    (tmp_path / "bin").mkdir()
+    for tool in ("runuser", "setpriv"):  # what starting the private cluster needs
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    env = serve_env(tmp_path / "bin", ENOT_BUILDER_DATABASE_DSN="",
+                    ENOT_BUILDER_STORAGE_DATA_DIR=str(data_dir),
+                    ENOT_BUILDER_SERVER_PORT=str(free_port()))
+    result = run_cli("serve", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "slirp4netns is not installed" in result.stderr.strip().splitlines()[-1]
+    assert (data_dir / "pg").is_dir(), "the private cluster was never started"
+    assert not (data_dir / "pg" / "postmaster.pid").exists(), \
+        "the private cluster is still running after the refused start"

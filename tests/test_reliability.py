@@ -25,10 +25,12 @@ from enot_builder.keys import BUILDER, QUEUE
 
 from . import projects
 from .conftest import (
+    GATE,
     eventually,
     free_port,
     make_config,
     no_process_left,
+    open_gate,
     require,
     running_processes,
     wait_for_message,
@@ -227,18 +229,22 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
     config.git.allowed_schemes = ["https", "file"]
     config.builds.workers = 1
     client = await aiohttp_client(create_app(config))
-    url = make_repo("outlast", projects.enot_project("outlast", prebuild=["sleep 4"]))
+    url = make_repo("outlast", projects.enot_project("outlast", prebuild=[GATE]))
     r = await client.post("/buildAsync", json={"full_name": "tester/outlast",
                                                "clone_url": url,
                                                "versions": [{"ref": "1.0.0"}]})
     build_id = (await r.json())["response"][0]["build_id"]
-    await wait_for_status(client, build_id, ("running",))
+    log_path = client.server.app[BUILDER].log_path(build_id)
+    # Inside enot, held at the gate: past every write the build makes before compiling
+    # (its log, its commit, its Erlang release), so the outage meets only its end.
+    await eventually(lambda: log_path.exists() and "enot package with" in log_path.read_text(),
+                     f"build {build_id} reaching enot")
     await asyncio.to_thread(cluster.stop)
     r = await client.get("/last_builds")
     assert r.status == 503
     assert (await r.json())["response"] == "The database is unavailable; try again shortly"
+    open_gate(client, build_id)
     # The build ends while the database is away: its log (on disk) says so.
-    log_path = client.server.app[BUILDER].log_path(build_id)
 
     def ended() -> bool:
         text = log_path.read_text() if log_path.exists() else ""

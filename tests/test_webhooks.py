@@ -174,6 +174,9 @@ async def test_bad_signatures_queue_nothing(hooked: TestClient, make_client: Any
     ({"ref": "1.0.0", "ref_type": "tag",
       "repository": repository("tester/x", clone_url="https://github.com/other/x")},
      "must be https://github.com/tester/x"),
+    ({"ref": "1.0.0", "ref_type": "tag",  # checked whole: no trailing newline
+      "repository": repository("tester/x", clone_url="https://github.com/tester/x\n")},
+     "must be https://github.com/tester/x"),
     ({"ref": "-bad", "ref_type": "tag", "repository": repository("tester/x")},
      "starts with '-'"),
     ({"ref": "1.0.0", "ref_type": "tag",

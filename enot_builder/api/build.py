@@ -93,4 +93,6 @@ async def queue_again(app: web.Application, build_id: str) -> list[dict[str, Any
     versions = [validation.VersionRequest(build["ref"], build["erl_version"])]
     return await submit(app, BuildRequest(
         build["namespace"], build["name"], build["clone_url"], versions,
-        notify_email=build["notify_email"], requested_by="rebuild", rebuild=True))
+        notify_email=build["notify_email"], requested_by="rebuild", rebuild=True,
+        # Anybody may ask for a rebuild: it is nobody's word on whose the name is.
+        bound_by=build["bound_by"]))
