@@ -12,7 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, connections, db, github, log_flood, pgcluster, reachability, toolchains, validation
+from . import (
+    __version__,
+    connections,
+    db,
+    github,
+    log_flood,
+    pgcluster,
+    reachability,
+    toolchains,
+    validation,
+)
 from . import config as config_module
 from .app import create_app, drain
 from .errors import ApiError

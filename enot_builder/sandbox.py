@@ -10,9 +10,10 @@ Every step of a build (git clone, enot) runs as
 - setpriv drops to an unprivileged build user when the server is root, so that the
   process limit counts the build's processes and nothing it does is done as root;
 - bwrap gives a private mount, PID, IPC, UTS and network namespace (a step with
-  network gets slirp4netns behind its own one: netstack.py) where the system directories are read-only, only the build's own work
-  directory is writable, /tmp is private, and nothing of the server's (config, data
-  directory, database socket, other builds) exists. --die-with-parent and the PID
+  network gets slirp4netns behind its own one: netstack.py) where the system
+  directories are read-only, only the build's own work directory is writable, /tmp
+  is private, and nothing of the server's (config, data directory, database socket,
+  other builds) exists. --die-with-parent and the PID
   namespace make the whole process tree die with the step or with the server;
 - the environment holds only what the build needs.
 
