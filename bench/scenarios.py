@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 
+from enot_builder.github import repository_secret
+
 from . import data
 from .harness import (
     ENOT,
@@ -374,25 +376,32 @@ def build(server: Server, workdir: Path, erl: str, repetitions: int) -> list[Row
 
 # --- webhook burst ---------------------------------------------------------------------
 
-def _sign(body: bytes) -> dict[str, str]:
+def _sign(body: bytes, full_name: str) -> dict[str, str]:
+    """Signed as GitHub signs with the repository's own secret (enot-builder webhook-secret)."""
+    secret = repository_secret(WEBHOOK_SECRET, full_name).encode()
     return {
-        "X-Hub-Signature-256": "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body,
-                                                    hashlib.sha256).hexdigest(),
-        "X-Hub-Signature": "sha1=" + hmac.new(WEBHOOK_SECRET.encode(), body,
-                                              hashlib.sha1).hexdigest(),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest(),
+        "X-Hub-Signature": "sha1=" + hmac.new(secret, body, hashlib.sha1).hexdigest(),
     }
 
 
 def _delivery(event: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(payload).encode()
     return body, {"Content-Type": "application/json", "X-GitHub-Event": event,
-                  "X-GitHub-Delivery": str(uuid.uuid4()), **_sign(body)}
+                  "X-GitHub-Delivery": str(uuid.uuid4()),
+                  **_sign(body, payload["repository"]["full_name"])}
+
+
+def _repository(n: int) -> dict[str, Any]:
+    return {"id": 1000 + n, "full_name": f"hook/pkg{n}",
+            "clone_url": f"https://github.com/hook/pkg{n}.git"}
 
 
 def webhooks(server: Server, count: int, concurrency: int) -> list[Row]:
     """`count` signed tag-creation deliveries at once: all accepted, all queued, p99."""
     label = f"{count} webhook deliveries in a burst"
-    body, headers = _delivery("ping", {"zen": "Keep it logically awesome.", "hook_id": 1})
+    body, headers = _delivery("ping", {"zen": "Keep it logically awesome.", "hook_id": 1,
+                                       "repository": _repository(0)})
     status, answer = http(server.port, "POST", "/callback", body, headers)
     if status in (404, 405):
         log.info("POST /callback answered %d: %s", status, answer[:200])
@@ -404,8 +413,7 @@ def webhooks(server: Server, count: int, concurrency: int) -> list[Row]:
         n = i % repositories
         deliveries.append(_delivery("create", {
             "ref": f"2.{i // repositories}.{n}", "ref_type": "tag",
-            "repository": {"full_name": f"hook/pkg{n}",
-                           "clone_url": f"https://github.com/hook/pkg{n}.git"}}))
+            "repository": _repository(n)}))
 
     async def burst() -> tuple[list[float], list[int], float]:
         limit = asyncio.Semaphore(concurrency)
