@@ -39,6 +39,10 @@ from .keys import CONFIG
 
 log = logging.getLogger(__name__)
 
+# How long a refused request's connection reads and drops what its client still sends
+# before closing (_answer_and_close).
+LINGER_SECONDS = 2.0
+
 # Connections past max_connections that may still ask GET /health.
 HEALTH_RESERVE = 16
 REQUEST_LINE_LIMIT = 8 * 1024
@@ -107,14 +111,28 @@ async def body_limits(request: web.Request, handler: errors.Handler) -> web.Stre
 
 async def _answer_and_close(request: web.Request, status: int,
                             message: str) -> web.StreamResponse:
-    """Answer, then close: the rest of the body is never read (aiohttp would otherwise
-    linger reading it, holding the connection)."""
+    """Answer, then close without reading the rest of the body (aiohttp would otherwise
+    linger reading all of it, holding the connection).
+
+    Closing a socket with unread data resets the connection, and a reset can destroy
+    the answer in the client's buffer before it reads it: a client still sending an
+    oversized body would see only "connection reset". So the close lingers, as
+    HTTP/1.1 asks: the answer is sent and our side half-closed, then what the client
+    still sends is read and dropped for at most LINGER_SECONDS.
+    """
     response = errors.error_for(request, status, message)
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
-    if request.transport is not None:
-        request.transport.close()  # after what is buffered is sent
+    transport = request.transport
+    if transport is not None:
+        if transport.can_write_eof():
+            transport.write_eof()  # once the answer is out: the client sees its end
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await request.content.readany():
+                    pass
+        transport.close()
     return response
 
 

@@ -108,6 +108,23 @@ async def test_oversized_content_length_is_refused_before_the_body(serve: Any,
         assert cur.fetchone()[0] == 0
 
 
+async def test_a_client_sending_a_whole_oversized_body_still_reads_the_413(
+        serve: Any) -> None:
+    # The server answers without reading the body; closing with that body unread would
+    # reset the connection and take the answer with it (the fuzz run saw exactly that).
+    port, _, runner = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b"[" * (2 * 1024 * 1024)
+    writer.write(HEADERS % len(body) + body)
+    with contextlib.suppress(ConnectionError):  # the server may stop reading first
+        await writer.drain()
+    status, headers, answer = parse(await read_to_eof(reader))
+    writer.close()
+    assert status == 413, answer
+    assert json.loads(answer)["response"] == "Request body too large: the limit is 1048576 bytes"
+    await wait_until(lambda: gate(runner).open == 0, "the server let go of the connection")
+
+
 async def test_stalled_body_gets_408_and_the_connection_closed(serve: Any) -> None:
     port, _, runner = await serve(server__body_timeout=1)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
