@@ -269,18 +269,22 @@ class BuildQueue:
                 log.warning("watchdog cannot read the builds: %s", e)
 
     async def _write(self, statement: Callable[[aiopg.Cursor], Awaitable[Any]],
-                     tries: int | None = None) -> bool:
-        """Run a write for a running build, riding out a database outage of up to a minute.
+                     tries: int | None = None, forever: bool = False) -> bool:
+        """Run a write for a running build, riding out a database outage of up to a minute
+        (`tries`), or of any length (`forever`: a build's outcome).
 
         The build goes on meanwhile; False when the database stayed away.
         """
-        for attempt in range(DB_WRITE_TRIES if tries is None else tries):
+        tries = DB_WRITE_TRIES if tries is None else tries  # read now: tests shrink it
+        attempt = 0
+        while forever or attempt < tries:
             try:
                 async with cursor(self.pool) as cur:
                     await statement(cur)
                 return True
             except (psycopg2.Error, OSError) as e:
-                log.warning("database write failed (try %d): %s", attempt + 1, e)
+                attempt += 1
+                log.warning("database write failed (try %d): %s", attempt, e)
                 await asyncio.sleep(DB_RETRY_SECONDS)
         return False
 
@@ -334,17 +338,7 @@ class BuildQueue:
                 await asyncio.to_thread(self.outcomes.save, record)
             except OSError as e:  # a full disk: the database may still take it
                 log.error("cannot keep the end of build %s on disk: %s", build_id, e)
-            attempt = 0
-            while True:
-                try:
-                    async with cursor(self.pool) as cur:
-                        await _apply(cur, record)
-                    break
-                except (psycopg2.Error, OSError) as e:
-                    attempt += 1
-                    log.warning("cannot record the end of build %s yet (try %d; kept in %s): "
-                                "%s", build_id, attempt, self.outcomes.directory, e)
-                    await asyncio.sleep(DB_RETRY_SECONDS)
+            await self._write(lambda cur: _apply(cur, record), forever=True)
         finally:
             self.recording.discard(build_id)
         await asyncio.to_thread(self.outcomes.drop, build_id)
