@@ -18,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from enot_builder.config import PROJECT_ROOT
 
 from .conftest import require
@@ -101,8 +103,11 @@ def test_a_build_runs_under_the_units_mounts_and_privileges() -> None:
     except KeyError:
         require(False, f"the unit's user {settings['User'][-1]} does not exist (make install)")
     if any(PROJECT_ROOT.is_relative_to(d) for d in ("/root", "/home", "/tmp")):
-        require(False, f"the checkout {PROJECT_ROOT} is hidden by ProtectHome/PrivateTmp; "
-                             "the unit expects it in /opt/enot-builder")
+        # Not a missing prerequisite (nothing to install): where this checkout lives,
+        # which the unit hides. A plain skip, under CI too; the unit is still verified
+        # by test_cli and its emulation by test_the_emulation_follows_the_unit.
+        pytest.skip(f"the checkout {PROJECT_ROOT} is hidden by ProtectHome/PrivateTmp; "
+                    "the unit expects it in /opt/enot-builder")
     script = emulation(settings)
     result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                             capture_output=True, text=True, timeout=600, cwd="/")
