@@ -50,6 +50,12 @@ system-deps:  ## install missing Debian packages (git, Erlang, PostgreSQL, bubbl
 	  echo "Creating system user $(SYSTEM_USER)"; \
 	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin $(SYSTEM_USER); \
 	fi
+	@# slirp4netns opens /dev/net/tun as the build user (a build's network). Debian's udev
+	@# makes it 0666; a container without udev leaves it 0600, and every networked step fails.
+	@if [ "$$(id -u)" -eq 0 ] && [ -c /dev/net/tun ] && [ "$$(stat -c %a /dev/net/tun)" != 666 ]; then \
+	  echo "Making /dev/net/tun usable by the build user (mode 0666, as Debian's udev sets it)"; \
+	  chmod 0666 /dev/net/tun; \
+	fi
 
 # $(call stale,<venv>,<python>): FORCE when <venv> was made on another Python (an
 # older checkout used the first python3 on PATH): it is then made again from scratch.

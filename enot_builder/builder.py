@@ -21,16 +21,17 @@ import shutil
 import stat
 import tarfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Awaitable, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
 from . import cache_relay, process, validation
 from .buildlog import BuildLog
-from .config import BuildsConfig, Config
+from .config import Config
+from .domain import BuildFailure, BuildHooks, Outcome
 from .files import publish
 from .netstack import NetworkError
+from .retry import retry_delay
 from .sandbox import Command, Sandbox, SandboxError
 from .toolchains import Toolchain
 
@@ -58,21 +59,6 @@ MAX_JSON_DEPTH = 64
 # are bounded to MAX_CONFIG_BYTES and parsed in linear time, so the thread itself ends
 # within a fraction of a second; this bound only turns a surprise into a clear failure.
 PARSE_TIMEOUT = 30
-
-
-class BuildFailure(Exception):
-    """The build failed for a reason the author should read (it goes to log and message).
-
-    `retryable` marks failures of the infrastructure rather than of the package (a
-    clone that timed out, a host that did not answer): those are tried again.
-    `see_log` marks a message whose details are in the build log: the API's and the
-    mail's message say so, the log's own last line does not.
-    """
-
-    def __init__(self, message: str, retryable: bool = False, see_log: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.see_log = see_log
 
 
 SEE_LOG = "; see the build log"
@@ -108,32 +94,6 @@ def out_of_resources(e: OSError) -> str:
     what = "file descriptors" if e.errno in (errno.EMFILE, errno.ENFILE) \
         else "memory or processes"
     return f"server error: the build server ran out of {what} ({e.strerror or e})"
-
-
-@dataclass
-class Outcome:
-    succeeded: bool
-    message: str
-    artifact_path: str | None = None
-    artifact_name: str | None = None
-    artifact_sha256: str | None = None
-    artifact_size: int | None = None
-    # Dependencies pinned to a tag, as the package's enot_config.json lists them.
-    dependencies: list[tuple[str, str]] = field(default_factory=list)
-    # A failure of the infrastructure, worth another attempt.
-    retryable: bool = False
-    # The build log has the details (the message says so; the log's last line not).
-    see_log: bool = False
-
-
-@dataclass
-class BuildHooks:
-    """What a build reports back to the queue while it runs (all database writes)."""
-    log_opened: Callable[[str], Awaitable[None]]
-    source_known: Callable[[str, str | None], Awaitable[None]]
-    # Called when the request left the release to the package: gets the releases the
-    # package wants, returns the one this build takes (the others are queued).
-    releases_known: Callable[[list[str]], Awaitable[str]]
 
 
 class Builder:
@@ -495,19 +455,6 @@ def clone_problem(git_output: str, url: str) -> str | None:
             host = named.group(1) if named else (urlsplit(url).hostname or url)
             return problem.format(host=host)
     return None
-
-
-def retry_delay(config: BuildsConfig, attempt: int, outcome: Outcome) -> int | None:
-    """Seconds until the next attempt of a build whose attempt number `attempt` ended
-    with `outcome`; None when that outcome is final."""
-    if outcome.succeeded or not outcome.retryable or attempt >= config.max_attempts:
-        return None
-    return backoff(config, attempt)
-
-
-def backoff(config: BuildsConfig, attempt: int) -> int:
-    """The wait after failed attempt number `attempt`: doubled with each attempt."""
-    return config.retry_delay * 2 ** (attempt - 1)
 
 
 def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]:

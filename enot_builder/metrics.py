@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, expo
 from prometheus_client.openmetrics import exposition as openmetrics
 
 if TYPE_CHECKING:
-    from .builder import Outcome
+    from .domain import Outcome
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -22,10 +22,12 @@ import aiopg
 import psycopg2
 
 from . import dependencies, mail, store
-from .builder import Builder, BuildFailure, BuildHooks, Outcome, backoff, retry_delay
+from .builder import Builder
 from .config import Config
 from .db import cursor
+from .domain import BuildFailure, BuildHooks, Outcome
 from .outcomes import OutcomeFiles
+from .retry import backoff, retry_delay
 
 if TYPE_CHECKING:
     from .metrics import Metrics

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from enot_builder import connections, log_flood, process
 from enot_builder.app import create_app
-from enot_builder.builder import BuildHooks
+from enot_builder.domain import BuildHooks
 from enot_builder.keys import BUILDER
 from enot_builder.sandbox import Command
 
