@@ -13,8 +13,9 @@ CONFIG    ?=
 SYSTEM_USER := enot-builder
 # gcc and libc6-dev: enot compiles the C of packages with NIFs. slirp4netns and iproute2:
 # a build's own network namespace. systemd: the unit in systemd/ is checked with
-# systemd-analyze (verify, security) by the tests.
-APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap slirp4netns iproute2 util-linux python3-venv gcc libc6-dev make systemd
+# systemd-analyze (verify, security) by the tests. rebar3 and rebar (2): the second
+# compiler, for the rebar projects enot cannot build (enot_builder/fallback.py).
+APT_PACKAGES := git erlang-nox erlang-dev postgresql bubblewrap slirp4netns iproute2 util-linux python3-venv gcc libc6-dev make systemd rebar3 rebar
 BENCH_APT_PACKAGES := nginx-light wrk curl
 
 # $(call apt_install,<packages>,<what for>): install the missing Debian packages with

@@ -1,0 +1,274 @@
+"""The second compiler: rebar3, or rebar 2, for the rebar projects enot cannot build.
+
+enot compiles a rebar project with erlc itself and knows only part of rebar.config: a
+NIF described by `port_specs`/`port_env` (rebar 2's port compiler) it builds wrongly,
+and whatever else it does not understand fails. Such a project is built here with
+Debian's `rebar3`, or with rebar 2's `rebar` where only it understands the project
+(port_specs: rebar3 needs the `pc` plugin for them, which an offline build cannot
+fetch), and the result is packed into the same .ep layout enot makes.
+
+Every step runs in the build's sandbox, with the build's limits and without network,
+through the `Step` the caller gives (the builder's own sandboxed runner):
+
+1. `rebar_config.escript` reads rebar.config (evaluating rebar.config.script) and
+   says what the project declares (port_specs, plugins, dependencies); it also writes
+   the same configuration without `deps` and `plugins`, which rebar then builds with,
+   so that rebar never tries to fetch anything;
+2. the dependencies this server built are unpacked from their .ep files into one
+   directory, which is `ERL_LIBS` for the compiler: `-include_lib`, parse transforms
+   and behaviours of dependencies resolve there, as from `_build/default/lib`;
+3. rebar3 (or rebar) compiles; a failing rebar3 is followed by rebar 2;
+4. `assemble_ep.py` packs the .ep (see there for the layout).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import validation
+
+SCRIPTS = Path(__file__).resolve().parent / "sandboxed"
+SCRIPT_NAMES = ("rebar_config.escript", "app_vsn.escript", "assemble_ep.py")
+# The build-user-writable places of the fallback, relative to the work directory: the
+# configuration rebar builds with, and the unpacked dependencies (ERL_LIBS).
+CONFIG_FILE = "home/rebar.config.enot-builder"
+LIBS_DIR = "libs"
+# Bounds on what a project's description may make us do.
+MAX_DECLARED = 200
+
+
+class Compiler(enum.StrEnum):
+    """What built an artifact (recorded with the build, shown on its pages)."""
+    ENOT = "enot"
+    REBAR3 = "rebar3"
+    REBAR = "rebar"
+
+
+@dataclass(frozen=True)
+class DeclaredDependency:
+    """A dependency as rebar.config declares it."""
+    name: str
+    kind: str  # "git", "hex" or "other"
+    url: str | None = None
+    pin: str | None = None  # "tag", "branch" or "ref" for git; None for hex
+    value: str | None = None  # the tag, branch or ref; the version requirement for hex
+
+
+@dataclass
+class RebarProject:
+    port_specs: bool = False
+    plugins: list[str] = field(default_factory=list)
+    dependencies: list[DeclaredDependency] = field(default_factory=list)
+
+    @property
+    def compilers(self) -> list[Compiler]:
+        """The compilers to try, in order."""
+        # rebar3 builds port_specs only through the pc plugin, never fetched offline.
+        return [Compiler.REBAR] if self.port_specs else [Compiler.REBAR3, Compiler.REBAR]
+
+
+DEP_LINE = re.compile(r"dep (\S+) (git|hex|other)(?: (.*))?")
+
+
+def parse_description(output: str) -> RebarProject:
+    """What rebar_config.escript printed, line by line; lines it cannot read are ignored."""
+    project = RebarProject()
+    for line in output.splitlines()[: 2 * MAX_DECLARED]:
+        line = line.rstrip("\r")
+        if line == "port_specs":
+            project.port_specs = True
+        elif line.startswith("plugin "):
+            project.plugins.append(line[len("plugin "):])
+        elif (match := DEP_LINE.fullmatch(line)) and len(project.dependencies) < MAX_DECLARED:
+            name, kind, rest = match.groups()
+            if not validation.NAME_PART.fullmatch(name):
+                continue
+            if kind == "git":
+                parts = (rest or "").split(" ", 2)
+                if len(parts) == 3 and parts[1] in ("tag", "branch", "ref"):
+                    project.dependencies.append(DeclaredDependency(name, "git", parts[0], parts[1],
+                                                                   parts[2]))
+            elif kind == "hex":
+                project.dependencies.append(DeclaredDependency(name, "hex", value=rest or "any"))
+            else:
+                project.dependencies.append(DeclaredDependency(name, "other"))
+    return project
+
+
+def is_rebar_project(src: Path) -> bool:
+    """A project rebar describes: rebar.config (or its script) and no enot_config.json."""
+    def regular(name: str) -> bool:
+        path = src / name
+        return path.is_file() and not path.is_symlink()
+    return (regular("rebar.config") or regular("rebar.config.script")) \
+        and not (src / "enot_config.json").exists()
+
+
+def tag_version(tag: str) -> str:
+    """The version rebar3 gives `{vsn, git}` on a tagged commit: the tag without a
+    leading "v", and of a tag with slashes (repo/proj/1.0) its last part."""
+    last = tag.split("/")[-1] or tag
+    return last[1:] if last.startswith("v") and len(last) > 1 else last
+
+
+def enot_dependencies(project: RebarProject,
+                      resolved: dict[str, tuple[str, str]] | None = None) -> list[dict[str, str]]:
+    """The package's dependencies as enot writes them into enot_config.json.
+
+    `resolved` maps a name to the (url, tag) the server resolved it to (registry
+    dependencies, branches pinned to a commit); git dependencies pinned to a tag need
+    none. A registry dependency left unresolved keeps its version as the tag, as enot
+    itself writes it (the enot client then asks the registry for its repository).
+    """
+    deps = []
+    for dep in project.dependencies:
+        if resolved and dep.name in resolved:
+            url, tag = resolved[dep.name]
+            deps.append({"name": dep.name, "url": url, "tag": tag})
+        elif dep.kind == "git" and dep.url:
+            key = "tag" if dep.pin == "tag" else "branch"
+            deps.append({"name": dep.name, "url": strip_git(dep.url), key: dep.value or ""})
+        elif dep.kind == "hex" and dep.value and re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", dep.value):
+            deps.append({"name": dep.name, "tag": dep.value})
+    return deps
+
+
+def strip_git(url: str) -> str:
+    return url[:-4] if url.endswith(".git") else url
+
+
+@dataclass
+class StepOutcome:
+    ok: bool
+    output: str
+
+
+# Runs argv in the build's sandbox (cwd: the project, without network); `env` adds to
+# the sandbox's environment; `label` names the step in the build log.
+Step = Callable[[list[str], dict[str, str], str], Awaitable[StepOutcome]]
+
+
+class FallbackFailed(Exception):
+    """The fallback could not build the project; the message says why."""
+
+
+class RebarBuild:
+    """One fallback build of the project in `<work_dir>/<src_rel>`.
+
+    `root` is where the sandbox shows the work directory (/build). The scripts and
+    the dependencies' packages go into a directory of the server's own, made fresh
+    in the work directory (`prepare`): the build user may read it, never change it,
+    and nothing the build left in the work directory is ever written through.
+    """
+
+    def __init__(self, step: Step, work_dir: Path, root: str, src_rel: str) -> None:
+        self.step = step
+        self.work_dir = work_dir
+        self.root = root
+        self.src_rel = src_rel
+        self.own = f".enot-builder-{secrets.token_hex(6)}"
+        self.staged: list[str] = []
+
+    @property
+    def project_dir(self) -> str:
+        return f"{self.root}/{self.src_rel}"
+
+    @property
+    def tools(self) -> str:
+        return f"{self.root}/{self.own}"
+
+    @property
+    def config_file(self) -> str:
+        return f"{self.root}/{CONFIG_FILE}"
+
+    def prepare(self, packages: dict[str, Path]) -> None:
+        """Make the server's directory (mkdir: never an existing one, never through a
+        link) with the scripts and the dependencies' .ep files (name -> path)."""
+        own = self.work_dir / self.own
+        os.mkdir(own, 0o755)
+        for name in SCRIPT_NAMES:
+            _copy_new(SCRIPTS / name, own / name)
+        for name, path in sorted(packages.items()):
+            if validation.NAME_PART.fullmatch(name):
+                _copy_new(path, own / f"{name}.ep")
+                self.staged.append(name)
+
+    async def describe(self) -> RebarProject:
+        result = await self.step(["escript", f"{self.tools}/rebar_config.escript", self.config_file],
+                                 {}, "reading rebar.config")
+        if not result.ok:
+            raise FallbackFailed("rebar.config could not be read")
+        return parse_description(result.output)
+
+    async def fix_versions(self, tag: str, commit: str, app_srcs: list[str]) -> str:
+        """Give the project's .app.src files a literal vsn (see app_vsn.escript)."""
+        if not app_srcs:
+            return ""
+        result = await self.step(["escript", f"{self.tools}/app_vsn.escript", tag_version(tag), commit,
+                                  *app_srcs], {}, "resolving computed .app versions")
+        return result.output
+
+    async def lay_out(self) -> None:
+        """Unpack the staged dependencies into LIBS_DIR/<name>, the compiler's ERL_LIBS."""
+        libs = f"{self.root}/{LIBS_DIR}"
+        script = f"rm -rf {shlex.quote(libs)} && mkdir -p {shlex.quote(libs)}"
+        for name in self.staged:
+            target = shlex.quote(f"{libs}/{name}")
+            package = shlex.quote(f"{self.tools}/{name}.ep")
+            script += f" && mkdir {target} && tar -xf {package} -C {target}"
+        result = await self.step(["sh", "-c", script], {}, "laying out dependencies")
+        if not result.ok:
+            raise FallbackFailed("the dependencies could not be unpacked")
+
+    def compile_command(self, compiler: Compiler) -> tuple[list[str], dict[str, str]]:
+        env = {"ERL_LIBS": f"{self.root}/{LIBS_DIR}", "HOME": f"{self.root}/home"}
+        if compiler is Compiler.REBAR3:
+            return ["rebar3", "compile"], {
+                **env, "REBAR_CONFIG": self.config_file, "REBAR_OFFLINE": "1",
+                "REBAR_CACHE_DIR": f"{self.root}/home/.cache/rebar3", "REBAR_COLOR": "none"}
+        return ["rebar", "-C", self.config_file, "compile"], env
+
+    def ebin(self, compiler: Compiler) -> str:
+        """Where the compiler put the application's ebin (a glob for rebar3, whose
+        _build holds the project's application alone: the config has no deps)."""
+        if compiler is Compiler.REBAR3:
+            return f"{self.project_dir}/_build/default/lib/*/ebin"
+        return f"{self.project_dir}/ebin"
+
+    async def compile(self, project: RebarProject) -> Compiler:
+        """Compile with the first compiler that succeeds; the one that did."""
+        tried = []
+        for compiler in project.compilers:
+            argv, env = self.compile_command(compiler)
+            result = await self.step(argv, env, f"{compiler} compile (offline)")
+            if result.ok:
+                return compiler
+            tried.append(str(compiler))
+        raise FallbackFailed(f"{' and '.join(tried)} could not build it either")
+
+    async def assemble(self, compiler: Compiler, config: dict[str, Any],
+                       locks: dict[str, str] | None = None) -> None:
+        """Pack `<app>.ep` into the project's directory, where the builder takes it."""
+        spec = json.dumps({"config": config, "locks": locks or {}})
+        result = await self.step(["python3", f"{self.tools}/assemble_ep.py", self.project_dir,
+                                  self.ebin(compiler), spec, self.project_dir], {}, "packing the .ep")
+        if not result.ok:
+            raise FallbackFailed("the package could not be assembled: "
+                                 + result.output.strip()[-300:])
+
+
+def _copy_new(source: Path, target: Path) -> None:
+    """Copy into a new file (O_EXCL, never through a link)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with open(source, "rb") as f, os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(f, out)
