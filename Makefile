@@ -36,7 +36,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: help install system-deps test-deps run demo test fuzz bench bench-deps lint clean
+.PHONY: help install system-deps test-deps run demo test fuzz bench bench-deps corpus lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -129,6 +129,12 @@ fuzz: install  ## fuzz a live server: raw-HTTP attacks, then schemathesis with e
 bench: install bench-deps  ## run the benchmark suite, write bench/RESULTS.md (about 5 min; see bench/README.md)
 	$(VENV)/bin/python -m bench --json bench/results.json $(BENCH_ARGS)
 	$(VENV)/bin/python -m bench.report bench/results.json -o bench/RESULTS.md
+
+# CORPUS_DIR holds git repositories of real libraries as <owner>/<name> (never
+# committed; bench/CORPUS.md says how they were fetched); they are served as GitHub.
+CORPUS_DIR ?= corpus
+corpus: install  ## build real Erlang libraries from CORPUS_DIR, print library/result/compiler/time (bench/CORPUS.md)
+	$(VENV)/bin/python -m bench.corpus $(CORPUS_DIR) --list bench/corpus.txt $(CORPUS_ARGS)
 
 bench-deps:
 	$(call apt_install,$(BENCH_APT_PACKAGES), for the bench)
