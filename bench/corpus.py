@@ -19,6 +19,7 @@ of them is committed, and `make test` never depends on them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import subprocess
@@ -134,7 +135,8 @@ def run(corpus: Path, wanted: list[Library], keep: bool, workers: int, timeout: 
             started = time.monotonic()
             while time.monotonic() - started < deadline:
                 _, body = http(server.port, "GET", "/queue?limit=1")
-                if b'"queued": 0' in body and b'"running": 0' in body and b'"waiting"' not in body:
+                counts = json.loads(body)["response"]
+                if not any(counts.get(state) for state in ("queued", "running", "waiting")):
                     break
                 time.sleep(POLL)
             else:

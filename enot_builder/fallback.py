@@ -30,12 +30,17 @@ import re
 import secrets
 import shlex
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import validation
+from . import process, validation
+from .buildlog import BuildLog
+from .domain import BuildFailure, Stage
+from .sandbox import Sandbox
+from .toolchains import ErlangInstallation
 
 SCRIPTS = Path(__file__).resolve().parent / "sandboxed"
 SCRIPT_NAMES = ("rebar_config.escript", "app_vsn.escript", "assemble_ep.py")
@@ -272,3 +277,60 @@ def _copy_new(source: Path, target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with open(source, "rb") as f, os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(f, out)
+
+
+# --- the glue the compile step uses --------------------------------------------------
+
+CAPTURE = 64 * 1024  # what a step's output may be read back (descriptions are short)
+
+
+def sandboxed_step(sandbox: Sandbox, work_dir: Path, src_rel: str, erlang: ErlangInstallation,
+                   build_log: BuildLog, deadline: float, timeout_name: str) -> Step:
+    """A Step that runs in the build's sandbox, without network, output to the build log.
+
+    Running past the build's deadline, or filling the log, fails the build as any step
+    does (BuildFailure naming `timeout_name`, the setting that bounds it).
+    """
+    root = sandbox.root_for(work_dir)
+
+    async def step(argv: list[str], env: dict[str, str], label: str) -> StepOutcome:
+        build_log.line(label)
+        result = await process.run(
+            sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}",
+                            env={"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": "", **env},
+                            erlang=erlang, network=False),
+            build_log, deadline - time.monotonic(), capture=CAPTURE)
+        if result.log_full:
+            raise BuildFailure(f"the build's output exceeded the log limit of "
+                               f"{build_log.output_limit} bytes, so it was stopped",
+                               stage=Stage.COMPILE)
+        if result.timed_out:
+            raise BuildFailure(f"the build ran past its time limit ({timeout_name}) and was stopped",
+                               stage=Stage.COMPILE)
+        return StepOutcome(result.returncode == 0, result.output.decode(errors="replace"))
+    return step
+
+
+def app_srcs(src: Path) -> list[str]:
+    """The project's src/*.app.src files (relative), links left out."""
+    directory = src / "src"
+    if directory.is_symlink() or not directory.is_dir():
+        return []
+    return sorted(f"src/{p.name}" for p in directory.iterdir()
+                  if p.name.endswith(".app.src") and p.is_file() and not p.is_symlink())[:20]
+
+
+async def build_with_rebar(build: RebarBuild, project: RebarProject, build_log: BuildLog,
+                           package_config: dict[str, Any],
+                           resolved: dict[str, tuple[str, str]] | None = None,
+                           locks: dict[str, str] | None = None) -> Compiler:
+    """Lay out the dependencies, compile with rebar3 or rebar, pack the .ep."""
+    if build.staged:
+        build_log.line("dependencies from this server on ERL_LIBS: " + ", ".join(build.staged))
+    await build.lay_out()
+    compiler = await build.compile(project)
+    config = {"auto_build_order": True, "disable_prebuild": False, "erlang": [],
+              "override": False, "with_source": True, **package_config,
+              "deps": enot_dependencies(project, resolved)}
+    await build.assemble(compiler, config, locks)
+    return compiler
