@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
-from . import cache_relay, process, validation
+from . import cache_relay, fallback, process, validation
 from .buildlog import BuildLog
 from .config import Config
 from .domain import BuildFailure, BuildHooks, Outcome
@@ -231,25 +231,56 @@ class Builder:
             shutil.copyfile(cache_relay.__file__, work_dir / "home" / "cache_relay.py")
             sockets = ((self.cache_socket, cache_relay.SOCKET),)
             argv = ["sh", "-c", RELAY_THEN_EXEC, "enot-with-cache-relay", *argv]
+        # The second compiler's scripts and the dependencies it gets (fallback.py).
+        rebar = fallback.RebarBuild(
+            fallback.sandboxed_step(self.sandbox, work_dir, src_rel, erlang, build_log, deadline,
+                                    f"{self.config.builds.timeout} s, builds.timeout"),
+            work_dir, root, src_rel)
+        rebar.prepare({})
         await asyncio.to_thread(self._hand_over, work_dir)
-        build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
-        env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
-        step = await run_step(
-            self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
-                                 erlang=erlang, read_only=self._local_sources(),
-                                 sockets=sockets),
-            build_log, deadline - time.monotonic())
-        check_log_full(step, build_log)
-        if step.timed_out:
-            raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
-                               "(builds.timeout) and was stopped")
-        if step.returncode != 0:
-            self.check_memory(step, "enot package")
-            raise BuildFailure(f"enot package failed (exit status {step.returncode})",
-                               see_log=True)
+        project = await fallback.before_compiling(rebar, src, build["ref"], sha, build_log)
+        if project is not None and project.port_specs:
+            compiler = await self._rebar(build, rebar, project, build_log, None)
+        else:
+            compiler = fallback.Compiler.ENOT
+            build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
+            env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
+            step = await run_step(
+                self.sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}", env=env,
+                                     erlang=erlang, read_only=self._local_sources(),
+                                     sockets=sockets),
+                build_log, deadline - time.monotonic())
+            check_log_full(step, build_log)
+            if step.timed_out:
+                raise BuildFailure(f"the build ran past its time limit of {self.config.builds.timeout} s "
+                                   "(builds.timeout) and was stopped")
+            if step.returncode != 0:
+                self.check_memory(step, "enot package")
+                if project is None:
+                    raise BuildFailure(f"enot package failed (exit status {step.returncode})",
+                                       see_log=True)
+                compiler = await self._rebar(build, rebar, project, build_log, step.returncode)
 
         # 4. Keep the artifact.
-        return await asyncio.to_thread(self._store_artifact, build, src)
+        outcome = await asyncio.to_thread(self._store_artifact, build, src)
+        outcome.compiler = str(compiler)
+        return outcome
+
+    async def _rebar(self, build: dict[str, Any], rebar: fallback.RebarBuild,
+                     project: fallback.RebarProject, build_log: BuildLog,
+                     enot_status: int | None) -> fallback.Compiler:
+        """Build a rebar project with rebar3 or rebar (after enot failed, or instead)."""
+        if enot_status is not None:
+            build_log.line(f"enot package failed (exit status {enot_status}); a rebar project: "
+                           "building it with rebar3 or rebar instead")
+        try:
+            return await fallback.build_with_rebar(rebar, project, build_log, {
+                "fullname": f"{build['namespace']}/{build['name']}", "tag": build["ref"],
+                "url": build["clone_url"]})
+        except fallback.FallbackFailed as e:
+            first = f"enot package failed (exit status {enot_status}), and " \
+                if enot_status is not None else ""
+            raise BuildFailure(f"{first}{e}", see_log=True) from None
 
     async def _choose_releases(self, build: dict[str, Any], src: Path,
                                config: dict[str, Any] | None, hooks: BuildHooks,
@@ -430,7 +461,8 @@ class Builder:
                 target_dir.mkdir(parents=True, exist_ok=True)
                 with open(temporary, "wb") as out:
                     package_config = stamp_package(source, out,
-                                                   f"{build['namespace']}/{build['name']}")
+                                                   f"{build['namespace']}/{build['name']}",
+                                                   build["clone_url"])
                     out.flush()
                     os.fsync(out.fileno())
             digest, size = sha256_file(temporary)
@@ -490,8 +522,10 @@ def check_log_full(step: process.StepResult, build_log: BuildLog) -> None:
                            f"{build_log.output_limit} bytes, so it was stopped")
 
 
-def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, Any]:
-    """Copy an enot package, recording in its enot_config.json the name we serve it as.
+def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str, url: str) -> dict[str, Any]:
+    """Copy an enot package, recording in its enot_config.json the name we serve it as
+    and the repository's clone URL as it was requested (enot writes the URL it cloned
+    from, which for a git.rewrites mirror is a file:// path of this server).
 
     enot clients file a fetched package under the `fullname` of its enot_config.json
     and, without one, under the last two parts of the clone URL, which for a mirror, a
@@ -521,6 +555,7 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, 
                     if not isinstance(config, dict):
                         raise BuildFailure("the package's enot_config.json is not an object")
                     config["fullname"] = full_name
+                    config["url"] = url
                     seen_config = config
                     raw = json.dumps(config, indent=4, sort_keys=True).encode()
                     member.size = len(raw)

@@ -64,6 +64,7 @@ class Build:
     log_path: str | None = None
     message: str = ""
     failure_stage: Stage | None = None
+    compiler: str | None = None  # what built the package: enot, rebar3 or rebar
     worker: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
@@ -124,6 +125,8 @@ class Outcome:
     see_log: bool = False
     # The step that failed; None for a success.
     stage: Stage | None = None
+    # What built the artifact: "enot", "rebar3" or "rebar" (fallback.Compiler).
+    compiler: str | None = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ through the `Step` the caller gives (the builder's own sandboxed runner):
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import os
@@ -334,3 +335,43 @@ async def build_with_rebar(build: RebarBuild, project: RebarProject, build_log: 
               "deps": enot_dependencies(project, resolved)}
     await build.assemble(compiler, config, locks)
     return compiler
+
+
+# A vsn that is not a string literal: {vsn, git}, {vsn, semver}, {vsn, {cmd, ...}}.
+COMPUTED_VSN = re.compile(rb"\{\s*vsn\s*,\s*[^\s\"]")
+
+
+def computed_versions(src: Path) -> list[str]:
+    """The project's .app.src files whose vsn is computed at build time (read on the
+    host: bounded, linear, never following links; the rewrite runs in the sandbox)."""
+    found = []
+    for name in app_srcs(src):
+        try:
+            fd = os.open(src / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            if COMPUTED_VSN.search(f.read(MAX_APP_SRC)):
+                found.append(name)
+    return found
+
+
+MAX_APP_SRC = 256 * 1024
+
+
+async def before_compiling(build: RebarBuild, src: Path, tag: str, commit: str,
+                           build_log: BuildLog) -> RebarProject | None:
+    """What every build does before its compiler runs: computed .app versions become
+    the tag's, and a rebar project is read (None for other projects). Runs in a
+    thread what reads the package's files (`off_loop` of the caller is not needed:
+    a few bounded reads)."""
+    computed = await asyncio.to_thread(computed_versions, src)
+    if computed:
+        await build.fix_versions(tag, commit, computed)
+    if not await asyncio.to_thread(is_rebar_project, src):
+        return None
+    project = await build.describe()
+    if project.port_specs:
+        build_log.line("rebar.config describes native code with port_specs, which enot does "
+                       "not build: building with rebar instead")
+    return project

@@ -102,7 +102,9 @@ BUILD_RESULT = _obj(
 PACKAGE_BUILD = _obj(
     ["build_id", "namespace", "name", "success", "path", "build_date", "version", "erl_version"],
     build_id=UUID, namespace=STRING, name=STRING, success={"type": "boolean"}, path=STRING,
-    build_date=NULLABLE_STRING, version=STRING, erl_version=NULLABLE_STRING)
+    build_date=NULLABLE_STRING, version=STRING, erl_version=NULLABLE_STRING,
+    compiler={"enum": ["enot", "rebar3", "rebar", None],
+              "description": "what built the package (null: nothing was built)"})
 SUCCESSFUL_BUILD = _obj(
     ["build_id", "result", "message", "artifact_path", "created_date"],
     build_id=UUID, result={"const": True}, message=NULLABLE_STRING, artifact_path=STRING,

@@ -408,4 +408,4 @@ async def _apply(cur: aiopg.Cursor, record: dict[str, Any]) -> bool:
         cur, record["build_id"], worker=record["worker"], succeeded=outcome["succeeded"],
         message=outcome["message"], artifact_path=outcome["artifact_path"],
         artifact_name=outcome["artifact_name"], artifact_sha256=outcome["artifact_sha256"],
-        artifact_size=outcome["artifact_size"])
+        artifact_size=outcome["artifact_size"], compiler=outcome.get("compiler"))

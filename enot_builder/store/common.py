@@ -24,7 +24,7 @@ BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, b.not_before, r.namespace, r.name, r.clone_url, r.bound_by
+    b.worker, b.not_before, b.compiler, r.namespace, r.name, r.clone_url, r.bound_by
 """
 
 # The protocol's package-build document, built where the data is.
@@ -38,7 +38,8 @@ PACKAGE_BUILD_JSON = """
                      ELSE '/build_log?build_id=' || b.id END,
         'build_date', b.finished_at,
         'version', b.ref,
-        'erl_version', b.erl_version
+        'erl_version', b.erl_version,
+        'compiler', b.compiler
     )
 """
 

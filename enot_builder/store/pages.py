@@ -103,7 +103,7 @@ async def package_versions_matrix(cur: aiopg.Cursor, repository_id: int) -> list
         SELECT pv.ref, pv.erl_version,
                last.id::text AS last_build_id, last.status::text AS last_status,
                last.message AS last_message, last.finished_at AS last_finished_at,
-               ok.id::text AS success_build_id, ok.artifact_sha256, ok.artifact_size,
+               ok.id::text AS success_build_id, ok.artifact_sha256, ok.artifact_size, ok.compiler,
                ok.finished_at AS success_at
         FROM package_versions pv
         LEFT JOIN builds last ON last.id = pv.last_build_id
