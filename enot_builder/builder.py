@@ -232,15 +232,18 @@ class Builder:
             sockets = ((self.cache_socket, cache_relay.SOCKET),)
             argv = ["sh", "-c", RELAY_THEN_EXEC, "enot-with-cache-relay", *argv]
         # The second compiler's scripts and the dependencies it gets (fallback.py).
+        cache_sockets, cache_socket = self._cache_for_fallback()
         rebar = fallback.RebarBuild(
             fallback.sandboxed_step(self.sandbox, work_dir, src_rel, erlang, build_log, deadline,
-                                    f"{self.config.builds.timeout} s, builds.timeout"),
+                                    f"{self.config.builds.timeout} s, builds.timeout",
+                                    cache_sockets),
             work_dir, root, src_rel)
         rebar.prepare({})
         await asyncio.to_thread(self._hand_over, work_dir)
         project = await fallback.before_compiling(rebar, src, build["ref"], sha, build_log)
         if project is not None and project.port_specs:
-            compiler = await self._rebar(build, rebar, project, build_log, None)
+            compiler = await self._rebar(build, rebar, project, build_log, None, erl_version,
+                                         cache_socket)
         else:
             compiler = fallback.Compiler.ENOT
             build_log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
@@ -259,16 +262,26 @@ class Builder:
                 if project is None:
                     raise BuildFailure(f"enot package failed (exit status {step.returncode})",
                                        see_log=True)
-                compiler = await self._rebar(build, rebar, project, build_log, step.returncode)
+                compiler = await self._rebar(build, rebar, project, build_log, step.returncode,
+                                             erl_version, cache_socket)
 
         # 4. Keep the artifact.
         outcome = await asyncio.to_thread(self._store_artifact, build, src)
         outcome.compiler = str(compiler)
         return outcome
 
+    def _cache_for_fallback(self) -> tuple[tuple[tuple[Path, str], ...], str | None]:
+        """The cache socket to bind into the fallback's steps, and its path there."""
+        if self.cache_socket is None:
+            return (), None
+        if self.sandbox.isolated:
+            return ((self.cache_socket, cache_relay.SOCKET),), cache_relay.SOCKET
+        return (), str(self.cache_socket)
+
     async def _rebar(self, build: dict[str, Any], rebar: fallback.RebarBuild,
                      project: fallback.RebarProject, build_log: BuildLog,
-                     enot_status: int | None) -> fallback.Compiler:
+                     enot_status: int | None, erl_version: str,
+                     cache_socket: str | None) -> fallback.Compiler:
         """Build a rebar project with rebar3 or rebar (after enot failed, or instead)."""
         if enot_status is not None:
             build_log.line(f"enot package failed (exit status {enot_status}); a rebar project: "
@@ -276,7 +289,7 @@ class Builder:
         try:
             return await fallback.build_with_rebar(rebar, project, build_log, {
                 "fullname": f"{build['namespace']}/{build['name']}", "tag": build["ref"],
-                "url": build["clone_url"]})
+                "url": build["clone_url"]}, erl_version, cache_socket)
         except fallback.FallbackFailed as e:
             first = f"enot package failed (exit status {enot_status}), and " \
                 if enot_status is not None else ""

@@ -14,7 +14,8 @@ through the `Step` the caller gives (the builder's own sandboxed runner):
    says what the project declares (port_specs, plugins, dependencies); it also writes
    the same configuration without `deps` and `plugins`, which rebar then builds with,
    so that rebar never tries to fetch anything;
-2. the dependencies this server built are unpacked from their .ep files into one
+2. the dependencies this server built are fetched from its cache (the socket enot's
+   relay uses, `fetch_deps.py`) and unpacked from their .ep files into one
    directory, which is `ERL_LIBS` for the compiler: `-include_lib`, parse transforms
    and behaviours of dependencies resolve there, as from `_build/default/lib`;
 3. rebar3 (or rebar) compiles; a failing rebar3 is followed by rebar 2;
@@ -39,12 +40,12 @@ from typing import Any
 
 from . import process, validation
 from .buildlog import BuildLog
-from .domain import BuildFailure, Stage
+from .domain import BuildFailure, DomainError, Stage
 from .sandbox import Sandbox
 from .toolchains import ErlangInstallation
 
 SCRIPTS = Path(__file__).resolve().parent / "sandboxed"
-SCRIPT_NAMES = ("rebar_config.escript", "app_vsn.escript", "assemble_ep.py")
+SCRIPT_NAMES = ("rebar_config.escript", "app_vsn.escript", "assemble_ep.py", "fetch_deps.py")
 # The build-user-writable places of the fallback, relative to the work directory: the
 # configuration rebar builds with, and the unpacked dependencies (ERL_LIBS).
 CONFIG_FILE = "home/rebar.config.enot-builder"
@@ -251,6 +252,30 @@ class RebarBuild:
             return f"{self.project_dir}/_build/default/lib/*/ebin"
         return f"{self.project_dir}/ebin"
 
+    async def fetch_dependencies(self, project: RebarProject, erl_version: str, socket: str,
+                                 resolved: dict[str, tuple[str, str]] | None = None) -> None:
+        """Get the declared dependencies this server has built (for `erl_version`) from
+        its cache socket (`socket`, as the sandbox sees it) into LIBS_DIR."""
+        wanted = []
+        for dep in project.dependencies:
+            if resolved and dep.name in resolved:
+                url, ref = resolved[dep.name]
+            elif dep.kind == "git" and dep.url and dep.value:
+                url, ref = dep.url, dep.value
+            else:
+                continue  # a registry name: resolving it is the server's (dependencies)
+            try:
+                namespace, name = validation.repository_of(strip_git(url), "dependency")
+                validation.ref(ref, "dependency")
+            except DomainError:
+                continue
+            wanted.append([dep.name, f"{namespace}/{name}", ref])
+        if not wanted:
+            return
+        await self.step(["python3", f"{self.tools}/fetch_deps.py", socket, erl_version,
+                         f"{self.root}/{LIBS_DIR}", json.dumps(wanted)], {},
+                        "fetching the dependencies from this server's cache")
+
     async def compile(self, project: RebarProject) -> Compiler:
         """Compile with the first compiler that succeeds; the one that did."""
         tried = []
@@ -286,7 +311,8 @@ CAPTURE = 64 * 1024  # what a step's output may be read back (descriptions are s
 
 
 def sandboxed_step(sandbox: Sandbox, work_dir: Path, src_rel: str, erlang: ErlangInstallation,
-                   build_log: BuildLog, deadline: float, timeout_name: str) -> Step:
+                   build_log: BuildLog, deadline: float, timeout_name: str,
+                   sockets: tuple[tuple[Path, str], ...] = ()) -> Step:
     """A Step that runs in the build's sandbox, without network, output to the build log.
 
     Running past the build's deadline, or filling the log, fails the build as any step
@@ -299,7 +325,7 @@ def sandboxed_step(sandbox: Sandbox, work_dir: Path, src_rel: str, erlang: Erlan
         result = await process.run(
             sandbox.command(argv, work_dir=work_dir, cwd=f"{root}/{src_rel}",
                             env={"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": "", **env},
-                            erlang=erlang, network=False),
+                            erlang=erlang, network=False, sockets=sockets),
             build_log, deadline - time.monotonic(), capture=CAPTURE)
         if result.log_full:
             raise BuildFailure(f"the build's output exceeded the log limit of "
@@ -322,13 +348,19 @@ def app_srcs(src: Path) -> list[str]:
 
 
 async def build_with_rebar(build: RebarBuild, project: RebarProject, build_log: BuildLog,
-                           package_config: dict[str, Any],
+                           package_config: dict[str, Any], erl_version: str,
+                           cache_socket: str | None,
                            resolved: dict[str, tuple[str, str]] | None = None,
                            locks: dict[str, str] | None = None) -> Compiler:
-    """Lay out the dependencies, compile with rebar3 or rebar, pack the .ep."""
+    """Lay out the dependencies, compile with rebar3 or rebar, pack the .ep.
+
+    `cache_socket` is this server's cache socket as the sandbox sees it (None: the
+    dependencies are only those `prepare` staged)."""
     if build.staged:
-        build_log.line("dependencies from this server on ERL_LIBS: " + ", ".join(build.staged))
+        build_log.line("dependencies staged by the server: " + ", ".join(build.staged))
     await build.lay_out()
+    if cache_socket is not None:
+        await build.fetch_dependencies(project, erl_version, cache_socket, resolved)
     compiler = await build.compile(project)
     config = {"auto_build_order": True, "disable_prebuild": False, "erlang": [],
               "override": False, "with_source": True, **package_config,

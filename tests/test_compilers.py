@@ -94,3 +94,62 @@ async def test_computed_app_versions_and_the_real_url_in_enot_built_packages(
     assert config_doc["app_vsn"] == "1.2.3", config_doc
     # The URL asked for, not the mirror's file:// URL it was cloned from.
     assert config_doc["url"] == "https://github.com/tester/gitvsn", config_doc
+
+
+async def test_rebar3_builds_what_enot_cannot_with_its_dependency_from_the_server(
+        make_client: Any, make_repo: Any, repos_dir: Path, enot_home: Path) -> None:  # noqa: F811
+    require(shutil.which("rebar3") is not None, "rebar3 (Debian package rebar3)")
+    client = await make_client(git__rewrites={"https://github.com/": f"file://{repos_dir}/"})
+    helper = projects.enot_project("helper")
+    helper["include/helper.hrl"] = "-define(ANSWER, 42).\n"
+    make_repo("tester/helper", helper)
+    status, body = await build_sync(client, "tester/helper", "https://github.com/tester/helper",
+                                    [{"ref": "1.0.0", "erl_version": "25"}])
+    assert status == 200, body
+    # enot ignores rebar.config.script, which defines the macro the code needs: enot
+    # fails, rebar3 builds it offline with the dependency this server built.
+    make_repo("tester/uses", {
+        "rebar.config": ('{deps, [{helper, {git, "https://github.com/tester/helper.git", '
+                         '{tag, "1.0.0"}}}]}.\n'),
+        "rebar.config.script": "lists:keystore(erl_opts, 1, CONFIG, {erl_opts, [{d, 'READY'}]}).\n",
+        "src/uses.app.src": ('{application, uses, [{description, "uses"}, {vsn, git}, '
+                             "{registered, []}, {applications, [kernel, stdlib, helper]}, {env, []}]}.\n"),
+        "src/uses.erl": ('-module(uses).\n-export([answer/0]).\n'
+                         '-include_lib("helper/include/helper.hrl").\n'
+                         "-ifdef(READY).\nanswer() -> ?ANSWER.\n-endif.\n"),
+    }, tag="2.0.0")
+    status, body = await build_sync(client, "tester/uses", "https://github.com/tester/uses",
+                                    [{"ref": "2.0.0", "erl_version": "25"}])
+    assert status == 200, body
+    build_id = body["response"][0]["build_id"]
+    r = await client.get("/build_log", params={"build_id": build_id})
+    log = await r.text()
+    assert "helper: tester/helper 1.0.0 from this server" in log, log
+    [found] = await search(client, "uses")
+    assert found["compiler"] == "rebar3", found
+    artifact = await download(client, build_id)
+    config = json.loads(package_files(artifact, "enot_config.json")[0])
+    assert config["deps"] == [{"name": "helper", "url": "https://github.com/tester/helper",
+                               "tag": "1.0.0"}], config
+    assert config["app_vsn"] == "2.0.0" and config["url"] == "https://github.com/tester/uses"
+
+    # A project depending on it gets both packages from the server and starts.
+    client_config(enot_home, f"http://127.0.0.1:{client.server.port}")
+    app_dir = enot_home / "app"
+    for name, content in projects.enot_project(
+            "app", deps=[{"name": "uses", "url": "https://github.com/tester/uses",
+                          "tag": "2.0.0"}], body="go() -> uses:answer().").items():
+        (app_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (app_dir / name).write_text(content.replace("-export([hi/0]).", "-export([go/0])."))
+    code, out = await enot(enot_home, app_dir, "build")
+    assert code == 0, out
+    # enot 2.1.8 does not read the dependencies of a package it fetched from a remote
+    # cache on that run (Package.update_from_package keeps the empty list of the
+    # placeholder); the next run reads them from its local cache and fetches them.
+    code, out = await enot(enot_home, app_dir, "build")
+    assert code == 0, out
+    assert "add tester/helper" in out, out
+    out = erl_eval(app_dir / "deps", f'code:add_patha("{app_dir}/ebin"), '
+                   '{ok, Started} = application:ensure_all_started(app), '
+                   'io:format("~p ~p", [app:go(), lists:sort(Started)])')
+    assert out.stdout == "42 [app,helper,uses]", out
