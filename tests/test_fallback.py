@@ -90,9 +90,9 @@ def clone(work_dir: Path, url: str, tag: str, sandbox: Sandbox) -> str:
 
 def erl_eval(erl_libs: Path, expression: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["erl", "-noshell", "-eval", f"{expression}, halt()."],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=60, cwd=erl_libs,
                           env={"PATH": "/usr/bin:/bin", "HOME": str(erl_libs),
-                               "ERL_LIBS": str(erl_libs)})
+                               "ERL_LIBS": str(erl_libs), "ERL_CRASH_DUMP": "/dev/null"})
 
 
 def sandboxed_step(work_dir: Path, sandbox: Sandbox, src_rel: str, log: list[str]) -> Any:
