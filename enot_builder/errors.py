@@ -163,8 +163,8 @@ def refuse_control_characters(request: web.Request) -> None:
     """
     for key, value in request.query.items():
         if CONTROL.search(key) or CONTROL.search(value):
-            raise InvalidInput(key, f"Query parameter {_printable(key)!r} contains a control "
-                                    "character (such as NUL or a newline)")
+            raise InvalidInput(_printable(key), f"Query parameter {_printable(key)!r} contains a control "
+                               "character (such as NUL or a newline)")
 
 
 def _printable(text: str, limit: int = 40) -> str:

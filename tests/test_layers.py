@@ -181,3 +181,15 @@ def test_keys_import_nothing_of_the_package() -> None:
 def test_a_cycle_is_found() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+# --- the seam between the core and the web layer ------------------------------------
+
+def test_every_domain_exception_has_its_status() -> None:
+    """A refusal the core adds to domain.py gets a status in errors.STATUS, not a 500."""
+    from enot_builder import domain, errors
+    refusals = {value for value in vars(domain).values() if isinstance(value, type)
+                and issubclass(value, domain.DomainError) and value is not domain.DomainError}
+    assert refusals and refusals <= set(errors.STATUS)
+    assert errors.status_of(domain.RepositoryConflict("bound elsewhere")) == 409
+    assert errors.status_of(domain.InvalidInput("ref", "bad tag")) == 400
