@@ -17,6 +17,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from . import paths
 from .api import download, listing, toolchain
 from .errors import error_middleware
 from .keys import BUILDER, CACHE_SOCKET, ERTS, METRICS, POOL, TOOLCHAIN
@@ -28,7 +29,7 @@ def cache_app(app: web.Application) -> web.Application:
         sub[key] = app[key]
     sub.router.add_post("/get", download.get)
     sub.router.add_post("/versions", listing.versions)
-    sub.router.add_get("/download/{build_id}", download.download)
+    sub.router.add_get(paths.DOWNLOAD, download.download)
     sub.router.add_get("/download_erts/{version}", toolchain.download_erts)
     return sub
 

@@ -25,7 +25,7 @@ from . import (
 )
 from . import config as config_module
 from .app import create_app, drain
-from .errors import ApiError
+from .domain import InvalidInput
 from .keys import CONFIG
 from .sandbox import Sandbox, SandboxError
 
@@ -143,7 +143,7 @@ def webhook_secret(config: config_module.Config, repository: str) -> int:
         return 2
     try:
         validation.full_name(repository, "OWNER/REPO")
-    except ApiError as e:
+    except InvalidInput as e:
         print(f"enot-builder: {e.message}", file=sys.stderr)
         return 2
     print(github.repository_secret(config.github.webhook_secret, repository))

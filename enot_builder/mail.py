@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 import jinja2
 
+from . import paths
 from .config import MailConfig
 
 if TYPE_CHECKING:
@@ -49,10 +50,9 @@ def compose(builds: list[dict[str, Any]], public_url: str,
     messages = []
     for recipient, own in sorted(by_author.items()):
         for build in own:
-            build["link"] = (f"{public_url}/download/{build['id']}"
-                             if build["status"] == "succeeded"
-                             else f"{public_url}/build_log?build_id={build['id']}")
-            build["log_link"] = f"{public_url}/build_log?build_id={build['id']}"
+            build["log_link"] = public_url + paths.build_log(build["id"])
+            build["link"] = (public_url + paths.download(build["id"])
+                             if build["status"] == "succeeded" else build["log_link"])
         failed = sum(1 for b in own if b["status"] != "succeeded")
         packages = sorted({f"{b['namespace']}/{b['name']} {b['ref']}" for b in own})
         verdict = "build failed" if failed == len(own) else \

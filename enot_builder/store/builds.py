@@ -8,6 +8,7 @@ import aiopg
 
 from .common import (
     BUILD_COLUMNS,
+    DOWNLOAD,
     PACKAGE_BUILD_JSON,
     POSITION,
     VERSION_FILTER,
@@ -90,7 +91,7 @@ async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
         cur, "successful_builds_v1", json_array(f"""
         SELECT json_build_object(
             'build_id', b.id, 'result', true, 'message', b.message,
-            'artifact_path', '/download/' || b.id, 'created_date', b.finished_at,
+            'artifact_path', {DOWNLOAD}, 'created_date', b.finished_at,
             'ref', pv.ref, 'erl_version', pv.erl_version,
             'sha256', b.artifact_sha256, 'size', b.artifact_size) AS doc,
             pv.success_at AS sort_key

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import aiopg
 
+from .. import paths
+
 Row = dict[str, Any]
 
 # A build in one of these states has ended.
@@ -27,15 +29,19 @@ BUILD_COLUMNS = """
     b.worker, b.not_before, b.compiler, r.namespace, r.name, r.clone_url, r.bound_by
 """
 
+# The links the documents carry (paths.py): SQL text, so held to a safe shape.
+assert "'" not in paths.DOWNLOAD_PREFIX + paths.BUILD_LOG_PREFIX
+DOWNLOAD = f"'{paths.DOWNLOAD_PREFIX}' || b.id"
+BUILD_LOG = f"'{paths.BUILD_LOG_PREFIX}' || b.id"
+
 # The protocol's package-build document, built where the data is.
-PACKAGE_BUILD_JSON = """
+PACKAGE_BUILD_JSON = f"""
     json_build_object(
         'build_id', b.id,
         'namespace', r.namespace,
         'name', r.name,
         'success', b.status = 'succeeded',
-        'path', CASE WHEN b.status = 'succeeded' THEN '/download/' || b.id
-                     ELSE '/build_log?build_id=' || b.id END,
+        'path', CASE WHEN b.status = 'succeeded' THEN {DOWNLOAD} ELSE {BUILD_LOG} END,
         'build_date', b.finished_at,
         'version', b.ref,
         'erl_version', b.erl_version,
