@@ -240,7 +240,9 @@ class RebarBuild:
     def compile_command(self, compiler: Compiler) -> tuple[list[str], dict[str, str]]:
         env = {"ERL_LIBS": f"{self.root}/{LIBS_DIR}", "HOME": f"{self.root}/home"}
         if compiler is Compiler.REBAR3:
-            return ["rebar3", "compile"], {
+            # rebar.lock would make rebar3 fetch the locked dependencies: the build's own
+            # copy goes (the package never carries it).
+            return ["sh", "-c", "rm -f rebar.lock && exec rebar3 compile"], {
                 **env, "REBAR_CONFIG": self.config_file, "REBAR_OFFLINE": "1",
                 "REBAR_CACHE_DIR": f"{self.root}/home/.cache/rebar3", "REBAR_COLOR": "none"}
         return ["rebar", "-C", self.config_file, "compile"], env

@@ -177,6 +177,8 @@ async def test_rebar3_builds_offline_with_the_dependencies_on_erl_libs(
                          ' {branch, "main"}}}, {third, {git, "https://github.com/x/third", '
                          '{tag, "2.0"}}}]}.\n{plugins, [rebar3_hex]}.\n'),
         "rebar.config.script": 'lists:keystore(erl_opts, 1, CONFIG, {erl_opts, [{d, from_script}]}).\n',
+        # A lock of a registry package: rebar3 would fetch it (offline: fail).
+        "rebar.lock": '{"1.2.0", [{<<"cf">>, {pkg, <<"cf">>, <<"0.3.1">>}, 0}]}.\n',
         "src/uses.app.src": ('{application, uses, [{description, "x"}, {vsn, git}, {registered, []},'
                              ' {applications, [kernel, stdlib, helper]}, {env, []}]}.\n'),
         "src/uses.erl": ('-module(uses).\n-export([answer/0]).\n-include_lib("helper/include/helper.hrl").\n'

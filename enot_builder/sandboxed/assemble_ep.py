@@ -71,9 +71,9 @@ def main(argv: list[str]) -> int:
                 add_directory(tar, "src")  # enot's client copies src/ of every package
         if os.path.isdir(os.path.join(project, "c_src")) and \
                 not os.path.exists(os.path.join(project, "c_src", "Makefile")):
-            libraries = sorted(f"priv/{entry}" for entry in os.listdir(os.path.join(project, "priv"))
-                               if entry.endswith(".so")) \
-                if os.path.isdir(os.path.join(project, "priv")) else []
+            libraries = sorted(os.path.relpath(os.path.join(directory, entry), project)
+                               for directory, _, entries in os.walk(os.path.join(project, "priv"))
+                               for entry in entries if entry.endswith(".so"))
             add_file(tar, "c_src/Makefile",
                      KEEP_NIF_MAKEFILE.format(libraries=" ".join(libraries)).encode())
         add_file(tar, "enot_config.json", dumps(config))
