@@ -404,7 +404,13 @@ async def before_compiling(build: RebarBuild, src: Path, tag: str, commit: str,
         await build.fix_versions(tag, commit, computed)
     if not await asyncio.to_thread(is_rebar_project, src):
         return None
-    project = await build.describe()
+    try:
+        project = await build.describe()
+    except FallbackFailed:
+        # enot reads rebar.config on its own and says what it makes of it; rebar,
+        # which could not read it either, will not be tried.
+        build_log.line("rebar.config could not be read (see above): enot alone will try")
+        return None
     if project.port_specs:
         build_log.line("rebar.config describes native code with port_specs, which enot does "
                        "not build: building with rebar instead")

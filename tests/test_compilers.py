@@ -153,3 +153,16 @@ async def test_rebar3_builds_what_enot_cannot_with_its_dependency_from_the_serve
                    '{ok, Started} = application:ensure_all_started(app), '
                    'io:format("~p ~p", [app:go(), lists:sort(Started)])')
     assert out.stdout == "42 [app,helper,uses]", out
+
+
+async def test_an_unreadable_rebar_config_fails_the_build_as_enot_says(
+        client: TestClient, make_repo: Any) -> None:
+    files = projects.rebar_project("broken")
+    files["rebar.config"] = "{deps, [this is not erlang\n"
+    url = make_repo("broken", files)
+    status, body = await build_sync(client, "tester/broken", url, [{"ref": "1.0.0", "erl_version": "25"}])
+    assert status == 422, body
+    [result] = body["builds"]
+    assert result["message"].startswith("enot package failed"), result
+    r = await client.get("/build_log", params={"build_id": result["build_id"]})
+    assert "rebar.config could not be read" in await r.text()
