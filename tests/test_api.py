@@ -38,7 +38,7 @@ async def test_search_answers_package_builds(client: TestClient, built: dict[str
     assert finished_at is not None
     assert doc == {"build_id": build_id, "namespace": "ns1", "name": "lister", "success": True,
                    "path": f"/download/{build_id}", "build_date": doc["build_date"],
-                   "version": "1.0.0", "erl_version": "25"}
+                   "version": "1.0.0", "erl_version": "25", "compiler": "enot"}
     assert datetime.datetime.fromisoformat(doc["build_date"]) == finished_at
     r = await client.get("/search", params={"name": "lister", "namespace": "other"})
     assert (await r.json()) == {"result": True, "response": []}
