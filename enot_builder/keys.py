@@ -7,12 +7,13 @@ from pathlib import Path
 import aiopg
 from aiohttp import web
 
-from .builder import Builder
+from .build import Builder
 from .config import Config
 from .erts import ErtsCache
 from .mail import Mailer
 from .metrics import Metrics
 from .queue import BuildQueue
+from .storage import Storage
 from .toolchains import Toolchain
 
 CONFIG = web.AppKey("config", Config)
@@ -25,3 +26,4 @@ ERTS = web.AppKey("erts", ErtsCache)
 TOOL_VERSIONS = web.AppKey("tool_versions", dict)
 CACHE_SOCKET = web.AppKey("cache_socket", Path)
 METRICS = web.AppKey("metrics", Metrics)
+STORAGE = web.AppKey("storage", Storage)

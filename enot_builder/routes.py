@@ -8,6 +8,7 @@ from . import openapi
 from .api import (
     badge,
     build,
+    build_log,
     download,
     listing,
     monitoring,
@@ -33,7 +34,7 @@ def setup_routes(app: web.Application) -> None:
 
     app.router.add_get("/download/{build_id}", download.download)
     app.router.add_post("/get", download.get)
-    app.router.add_get("/build_log", download.build_log)
+    app.router.add_get("/build_log", build_log.build_log)
     app.router.add_get("/download_erts/{version}", toolchain.download_erts)
 
     app.router.add_get("/health", toolchain.health)

@@ -8,7 +8,7 @@ import psycopg2
 from aiohttp import web
 
 from .. import db, store, validation
-from ..keys import ERTS, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
+from ..keys import ERTS, POOL, QUEUE, STORAGE, TOOL_VERSIONS, TOOLCHAIN
 
 
 async def download_erts(request: web.Request) -> web.StreamResponse:
@@ -18,12 +18,13 @@ async def download_erts(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400, text=f"No such erlang: {version[:40]!r} is not an "
                                              "Erlang/OTP release", content_type="text/plain")
     installation = request.app[TOOLCHAIN].erlangs.get(version)
-    tarball = await request.app[ERTS].tarball(installation) if installation else None
-    if tarball is None:
+    key = await request.app[ERTS].tarball(installation) if installation else None
+    tarball = await request.app[STORAGE].stat(key) if key is not None else None
+    if tarball is None or tarball.local_path is None:
         installed = ", ".join(sorted(request.app[TOOLCHAIN].erlangs)) or "none"
         return web.Response(status=404, text=f"No such erlang: {version} (installed: {installed})",
                             content_type="text/plain")
-    return web.FileResponse(tarball, headers={
+    return web.FileResponse(tarball.local_path, headers={
         "Content-Type": "application/x-tar",
         "Content-Disposition": f'attachment; filename="{version}.tar"',
         "Cache-Control": "public, max-age=86400",
