@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Awaitable
 
 import aiosmtplib
 import jinja2
-from prometheus_async import aio
 
 from .config import MailConfig
 
@@ -129,7 +128,7 @@ class Mailer:
         """Send one report, retrying; a report given up on is logged and counted."""
         attempt: Awaitable[None] = self._send_with_retries(message)
         if self.metrics is not None:
-            attempt = aio.count_exceptions(self.metrics.mails_failed, attempt, exc=Undelivered)
+            attempt = self.metrics.count_mail_failures(attempt, Undelivered)
         with contextlib.suppress(Undelivered):  # logged where it was given up
             await attempt
 

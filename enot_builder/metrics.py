@@ -9,10 +9,11 @@ use `metrics.record_download(app)`), so nobody needs to know the metric objects'
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
+from prometheus_async import aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 
@@ -21,6 +22,7 @@ from .domain import Stage
 if TYPE_CHECKING:
     from .domain import Outcome
 
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Builds take seconds to tens of minutes (builds.timeout defaults to 30 min).
@@ -85,6 +87,19 @@ class Metrics:
             self.failures.labels(stage=stage.value).inc()
             if stage == Stage.CLONE:
                 self.clone_failures.inc()
+
+    # prometheus_async over this registry, for the builder and the mailer (which never
+    # import the web side that prometheus_async.aio pulls in): each wraps one awaitable.
+    def time_clone(self, step: Awaitable[T]) -> Awaitable[T]:
+        return aio.time(self.clone_duration, step)
+
+    def track_build(self, build: Awaitable[T]) -> Awaitable[T]:
+        return aio.track_inprogress(self.running_builds, build)
+
+    def count_mail_failures(self, delivery: Awaitable[T],
+                            given_up: type[BaseException]) -> Awaitable[T]:
+        """Count the reports whose delivery ends in `given_up` as failed mails."""
+        return aio.count_exceptions(self.mails_failed, delivery, exc=given_up)
 
     def record_download(self) -> None:
         self.downloads.inc()

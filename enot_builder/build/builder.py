@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_async import aio
-
 from ..buildlog import BuildLog
 from ..config import Config
 from ..domain import Build, BuildFailure, BuildHooks, Outcome, Stage
@@ -74,8 +72,7 @@ class Builder:
     async def run(self, build: Build, hooks: BuildHooks) -> Outcome:
         if self.metrics is None:
             return await self._attempt(build, hooks)
-        return await aio.track_inprogress(self.metrics.running_builds,
-                                          self._attempt(build, hooks))
+        return await self.metrics.track_build(self._attempt(build, hooks))
 
     async def _attempt(self, build: Build, hooks: BuildHooks) -> Outcome:
         deadline = time.monotonic() + self.config.builds.timeout
@@ -141,7 +138,7 @@ class Builder:
         if self.metrics is None:
             await source.fetch(run, self.layout)
         else:
-            await aio.time(self.metrics.clone_duration, source.fetch(run, self.layout))
+            await self.metrics.time_clone(source.fetch(run, self.layout))
 
     def _prepare_work_dir(self, run: BuildRun) -> None:
         remove_tree(run.work_dir)
