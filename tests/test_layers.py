@@ -136,8 +136,13 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             else:
                 base = _imported_from(package, node)
-                # `from x import y`: y is a module of x, or a name defined in x.
-                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+                # `from x import y`: y is a module of x, or a name defined in x. A
+                # package's own modules importing their siblings (`from . import y`)
+                # read the package being loaded, not a cycle.
+                submodules = [f"{base}.{alias.name}" for alias in node.names]
+                names_only_modules = all(m in modules for m in submodules)
+                sibling = name.startswith(base + ".") and names_only_modules
+                targets = submodules if sibling else [base] + submodules
             edges |= {t for t in targets if t in modules and t != name}
         graph[name] = edges
     return graph
