@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import io
@@ -28,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 from . import cache_relay, process, validation
 from .buildlog import BuildLog
 from .config import Config
-from .domain import BuildFailure, BuildHooks, Outcome
+from .domain import Build, BuildFailure, BuildHooks, Outcome
 from .files import publish
 from .netstack import NetworkError
 from .retry import retry_delay
@@ -133,7 +134,12 @@ class Builder:
         for directory in (self.data_dir, self.work_root):
             directory.chmod(directory.stat().st_mode | 0o711)
 
-    async def run(self, build: dict[str, Any], hooks: BuildHooks) -> Outcome:
+    async def run(self, build: Build, hooks: BuildHooks) -> Outcome:
+        # The queue passes the typed build; the steps below still read it by key
+        # (r10-build's subpackage reads the Build itself and replaces this module).
+        return await self._run_row(dataclasses.asdict(build), hooks)
+
+    async def _run_row(self, build: dict[str, Any], hooks: BuildHooks) -> Outcome:
         build_id = str(build["id"])
         deadline = time.monotonic() + self.config.builds.timeout
         work_dir = self.work_root / build_id

@@ -27,6 +27,12 @@ MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 MIGRATION_LOCK = 0x656E6F74
 
 
+# What a database outage looks like to a caller that rides it out (the queue's writes, its
+# watchdog, its workers' claims): the driver's errors, and OSError for aiopg's timeouts.
+# Named here so that modules which catch them need not import the driver.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg2.Error, OSError)
+
+
 class SchemaError(Exception):
     pass
 
