@@ -312,7 +312,8 @@ async def test_the_release_split_queues_one_build_per_other_release(
 
 async def test_the_follow_up_queues_dependencies_drops_the_clone_last_and_mails_once(
         pool: Any, config: Config, db_conn: Any) -> None:
-    builder, mailer, woken = FakeBuilder(returning(Outcome(True, "built"))), FakeMailer(), []
+    builder, mailer = FakeBuilder(returning(Outcome(True, "built"))), FakeMailer()
+    woken: list[int] = []
     follow_up = FollowUp(pool, config, builder, mailer, woken.append)
     parent_id = await queue_build(pool, "parent", report=True)
     parent = await claim(pool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import socket
 import time
@@ -142,9 +143,9 @@ class Workers:
                 # Whatever went wrong, the worker lives on, and the build is not left
                 # running (if even this fails, the watchdog's turn comes).
                 log.exception("worker %s failed around build %s", worker, build.id)
-                await self.writer.write(lambda cur, build_id=build.id: store.finish_build(
-                    cur, build_id, worker=worker, succeeded=False, message=INTERNAL_ERROR),
-                    tries=3)
+                await self.writer.write(functools.partial(
+                    store.finish_build, build_id=build.id, worker=worker, succeeded=False,
+                    message=INTERNAL_ERROR), tries=3)
                 self.announce()
             finally:
                 self.in_hand -= 1
