@@ -27,6 +27,7 @@ from . import config as config_module
 from .app import create_app, drain
 from .domain import InvalidInput
 from .keys import CONFIG
+from .layout import Layout
 from .sandbox import Sandbox, SandboxError
 
 
@@ -171,7 +172,7 @@ def check(config: config_module.Config) -> int:
         print("postgresql: configured DSN")
     else:
         try:
-            print(f"postgresql: private cluster in {config.data_dir / 'pg'} "
+            print(f"postgresql: private cluster in {Layout(config.data_dir).pg} "
                   f"with {pgcluster.find_pg_bin()}")
             problems += reachability.cluster_problems(config)
         except pgcluster.ClusterError as e:

@@ -15,12 +15,13 @@ from aiohttp import web
 if TYPE_CHECKING:
     import aiopg
 
-    from .builder import Builder
+    from .build import Builder
     from .config import Config
     from .erts import ErtsCache
     from .mail import Mailer
     from .metrics import Metrics
     from .queue import BuildQueue
+    from .storage import Storage
     from .toolchains import Toolchain
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -33,3 +34,4 @@ ERTS: web.AppKey[ErtsCache] = web.AppKey("erts")
 TOOL_VERSIONS: web.AppKey[dict[str, Any]] = web.AppKey("tool_versions")
 CACHE_SOCKET: web.AppKey[Path] = web.AppKey("cache_socket", Path)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+STORAGE: web.AppKey[Storage] = web.AppKey("storage")

@@ -13,7 +13,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import aiosmtplib
 import jinja2
@@ -70,6 +70,10 @@ def compose(builds: list[dict[str, Any]], public_url: str,
     return messages
 
 
+class Undelivered(Exception):
+    """A report given up on after every retry."""
+
+
 class Mailer:
     def __init__(self, config: MailConfig, metrics: Metrics | None = None) -> None:
         self.config = config
@@ -121,6 +125,14 @@ class Mailer:
                 self._outbox.task_done()
 
     async def _deliver(self, message: EmailMessage) -> None:
+        """Send one report, retrying; a report given up on is logged and counted."""
+        attempt: Awaitable[None] = self._send_with_retries(message)
+        if self.metrics is not None:
+            attempt = self.metrics.count_mail_failures(attempt, Undelivered)
+        with contextlib.suppress(Undelivered):  # logged where it was given up
+            await attempt
+
+    async def _send_with_retries(self, message: EmailMessage) -> None:
         delay = self.config.retry_delay
         for attempt in range(self.config.retries + 1):
             try:
@@ -138,11 +150,9 @@ class Mailer:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 if attempt == self.config.retries:
                     self.stats.failed += 1
-                    if self.metrics is not None:
-                        self.metrics.record_mail(sent=False)
                     log.error("giving up mailing %s after %d tries: %s", message["To"],
                               attempt + 1, e)
-                    return
+                    raise Undelivered(str(e)) from e
                 self.stats.retried += 1
                 log.warning("mailing %s failed (%s); retrying in %.1f s", message["To"], e, delay)
                 await asyncio.sleep(delay)

@@ -12,6 +12,7 @@ from . import openapi, paths
 from .api import (
     badge,
     build,
+    build_log,
     download,
     health,
     links,
@@ -39,7 +40,7 @@ def setup_routes(app: web.Application) -> None:
 
     app.router.add_get(paths.DOWNLOAD, download.download, name=links.DOWNLOAD)
     app.router.add_post("/get", download.get)
-    app.router.add_get(paths.BUILD_LOG, download.build_log, name=links.BUILD_LOG)
+    app.router.add_get(paths.BUILD_LOG, build_log.build_log, name=links.BUILD_LOG)
     app.router.add_get("/download_erts/{version}", toolchain.download_erts)
 
     app.router.add_get("/health", health.health)

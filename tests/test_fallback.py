@@ -16,9 +16,10 @@ from typing import Any, Iterator
 import pytest
 
 from enot_builder import config as config_module
-from enot_builder import fallback, toolchains
-from enot_builder.builder import remove_tree
-from enot_builder.fallback import Compiler, DeclaredDependency, RebarBuild, StepOutcome
+from enot_builder import toolchains
+from enot_builder.build import fallback
+from enot_builder.build.fallback import Compiler, DeclaredDependency, RebarBuild, StepOutcome
+from enot_builder.layout import remove_tree
 from enot_builder.process import run
 from enot_builder.sandbox import Sandbox
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from .. import store, validation
 from ..db import cursor
 from ..domain import InvalidInput, NotFound
-from ..keys import BUILDER, CONFIG, POOL
+from ..keys import CONFIG, POOL, STORAGE
 from . import links
 from .badge import version_key
 from .build import queue_again
@@ -181,8 +181,9 @@ async def build(request: web.Request) -> dict[str, Any]:
             raise NotFound(f"No such build: {build_id}")
         position = await store.queue_position(cur, build_id)
         siblings = await store.sibling_builds(cur, build_id)
-    log_text = await asyncio.to_thread(_log_tail, request.app[BUILDER].logs_dir,
-                                       found["log_path"])
+    stored = await request.app[STORAGE].stat(found["log_path"]) if found["log_path"] else None
+    log_text = await asyncio.to_thread(_log_tail, stored.local_path) \
+        if stored is not None and stored.local_path is not None else None
     # Queued again after a failed attempt, and not to be taken before not_before.
     retry_at = found["not_before"] if found["status"] == "queued" and found["not_before"] \
         and found["not_before"] > datetime.now(UTC) else None
@@ -198,13 +199,8 @@ async def rebuild(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(links.build_page(request.app, queued[0]["build_id"]))
 
 
-def _log_tail(logs_dir: Path, log_path: str | None) -> str | None:
+def _log_tail(path: Path) -> str | None:
     """The end of a build's log (the whole of it is one click away at /build_log)."""
-    if not log_path:
-        return None
-    path = Path(log_path)
-    if not path.is_relative_to(logs_dir) or not path.is_file():
-        return None
     with open(path, "rb") as f:
         f.seek(0, 2)
         length = f.tell()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import validation
-from ..keys import ERTS, TOOLCHAIN
+from ..keys import ERTS, STORAGE, TOOLCHAIN
 
 
 async def download_erts(request: web.Request) -> web.StreamResponse:
@@ -15,12 +15,13 @@ async def download_erts(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400, text=f"No such erlang: {version[:40]!r} is not an "
                                              "Erlang/OTP release", content_type="text/plain")
     installation = request.app[TOOLCHAIN].erlangs.get(version)
-    tarball = await request.app[ERTS].tarball(installation) if installation else None
-    if tarball is None:
+    key = await request.app[ERTS].tarball(installation) if installation else None
+    tarball = await request.app[STORAGE].stat(key) if key is not None else None
+    if tarball is None or tarball.local_path is None:
         installed = ", ".join(sorted(request.app[TOOLCHAIN].erlangs)) or "none"
         return web.Response(status=404, text=f"No such erlang: {version} (installed: {installed})",
                             content_type="text/plain")
-    return web.FileResponse(tarball, headers={
+    return web.FileResponse(tarball.local_path, headers={
         "Content-Type": "application/x-tar",
         "Content-Disposition": f'attachment; filename="{version}.tar"',
         "Cache-Control": "public, max-age=86400",

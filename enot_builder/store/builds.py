@@ -47,10 +47,15 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
 
 async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version: str | None,
                  erl_version: str | None, limit: int) -> str:
-    """The latest finished build of each matching version, newest first (a JSON array)."""
+    """The latest finished build of each matching version, newest first (a JSON array);
+    a failed one carries the stage that failed ("stage", null when not recorded)."""
     await execute_prepared(
-        cur, "search_v1", json_array(f"""
-        SELECT {PACKAGE_BUILD_JSON} AS doc, b.finished_at AS sort_key
+        cur, "search_v2", json_array(f"""
+        SELECT CASE WHEN b.status = 'failed'
+                    THEN ({PACKAGE_BUILD_JSON}::jsonb
+                          || jsonb_build_object('stage', b.failure_stage))::json
+                    ELSE {PACKAGE_BUILD_JSON} END AS doc,
+               b.finished_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.last_build_id

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import process, validation
-from .buildlog import BuildLog
-from .domain import BuildFailure, DomainError, Stage
-from .sandbox import Sandbox
-from .toolchains import ErlangInstallation
+from .. import process, validation
+from ..buildlog import BuildLog
+from ..domain import BuildFailure, DomainError, Stage
+from ..sandbox import Sandbox
+from ..toolchains import ErlangInstallation
 
-SCRIPTS = Path(__file__).resolve().parent / "sandboxed"
+SCRIPTS = Path(__file__).resolve().parent.parent / "sandboxed"
 SCRIPT_NAMES = ("rebar_config.escript", "app_vsn.escript", "assemble_ep.py", "fetch_deps.py")
 # The build-user-writable places of the fallback, relative to the work directory: the
 # configuration rebar builds with, and the unpacked dependencies (ERL_LIBS).
