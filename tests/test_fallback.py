@@ -17,8 +17,9 @@ import pytest
 
 from enot_builder import config as config_module
 from enot_builder import toolchains
-from enot_builder.build import fallback
-from enot_builder.build.fallback import Compiler, DeclaredDependency, RebarBuild, StepOutcome
+from enot_builder.build import rebar_project
+from enot_builder.build.fallback import RebarBuild, StepOutcome
+from enot_builder.build.rebar_project import Compiler, DeclaredDependency
 from enot_builder.layout import remove_tree
 from enot_builder.process import run
 from enot_builder.sandbox import Sandbox
@@ -202,7 +203,7 @@ async def test_rebar3_builds_offline_with_the_dependencies_on_erl_libs(
     await build.lay_out()
     compiler = await build.compile(project)
     assert compiler is Compiler.REBAR3, "\n".join(log)
-    deps = fallback.enot_dependencies(project, {"other": ("https://github.com/x/other", "abc123")})
+    deps = rebar_project.enot_dependencies(project, {"other": ("https://github.com/x/other", "abc123")})
     await build.assemble(compiler, {"deps": deps}, locks={"x/other": "main-abc123"})
     with tarfile.open(work_dir / src_rel / "uses.ep") as tar:
         names = tar.getnames()
@@ -218,8 +219,8 @@ async def test_rebar3_builds_offline_with_the_dependencies_on_erl_libs(
 
 
 def test_tag_versions_as_rebar3_makes_them() -> None:
-    assert fallback.tag_version("v1.2.3") == "1.2.3"
-    assert fallback.tag_version("1.2.3") == "1.2.3"
-    assert fallback.tag_version("proj/v2.0") == "2.0"
-    assert fallback.tag_version("v") == "v"
-    assert fallback.tag_version("version-1") == "ersion-1"  # rebar3's regex drops any leading v
+    assert rebar_project.tag_version("v1.2.3") == "1.2.3"
+    assert rebar_project.tag_version("1.2.3") == "1.2.3"
+    assert rebar_project.tag_version("proj/v2.0") == "2.0"
+    assert rebar_project.tag_version("v") == "v"
+    assert rebar_project.tag_version("version-1") == "ersion-1"  # rebar3's regex drops any leading v

@@ -15,6 +15,7 @@ from ..toolchains import ErlangInstallation, Toolchain
 from . import fallback
 from .context import BuildRun, check_log_full, check_memory, run_step
 from .project import has_dependencies
+from .rebar_project import Compiler, RebarProject
 from .source import local_sources
 
 # Inside the sandbox (which never sees the host's loopback, network or not): start the
@@ -27,7 +28,7 @@ RELAY_THEN_EXEC = ('python3 "$HOME/cache_relay.py" & i=0; '
 
 async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchain,
                   package_config: dict[str, Any] | None, cache_socket: Path | None,
-                  commit: str) -> fallback.Compiler:
+                  commit: str) -> Compiler:
     """Build the package (`<name>.ep` in the project's directory); the compiler that did.
 
     Computed .app versions are resolved first (fallback.before_compiling). A rebar
@@ -74,7 +75,7 @@ async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchai
             raise BuildFailure(f"enot package failed (exit status {step.returncode})",
                                see_log=True, stage=Stage.COMPILE)
         return await with_rebar(run, rebar, project, step.returncode, erlang.release, cache_path)
-    return fallback.Compiler.ENOT
+    return Compiler.ENOT
 
 
 def fallback_cache(cache_socket: Path | None,
@@ -87,9 +88,9 @@ def fallback_cache(cache_socket: Path | None,
     return (), str(cache_socket)
 
 
-async def with_rebar(run: BuildRun, rebar: fallback.RebarBuild, project: fallback.RebarProject,
+async def with_rebar(run: BuildRun, rebar: fallback.RebarBuild, project: RebarProject,
                      enot_status: int | None, erl_version: str,
-                     cache_socket: str | None) -> fallback.Compiler:
+                     cache_socket: str | None) -> Compiler:
     """Build a rebar project with rebar3 or rebar (after enot failed, or instead)."""
     if enot_status is not None:
         run.log.line(f"enot package failed (exit status {enot_status}); a rebar project: "
