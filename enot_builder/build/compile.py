@@ -54,7 +54,7 @@ async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchai
         fallback.sandboxed_step(sandbox, run.work_dir, run.src_rel, erlang, run.log, run.deadline,
                                 f"{config.builds.timeout} s, builds.timeout", cache_sockets),
         run.work_dir, root, run.src_rel)
-    rebar.prepare({})
+    await asyncio.to_thread(rebar.prepare, {})  # a few small files: still off the loop
     await asyncio.to_thread(run.hand_over)
     project = await fallback.before_compiling(rebar, run.src, run.build.ref, commit, run.log)
     if project is not None and project.port_specs:
