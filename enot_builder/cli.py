@@ -1,4 +1,4 @@
-"""enot-builder serve | migrate | check | webhook-secret OWNER/REPO."""
+"""enot-builder serve | migrate | check | webhook-secret OWNER/REPO | verify PACKAGE.ep."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from . import (
     reachability,
     toolchains,
     validation,
+    verify,
 )
 from . import config as config_module
 from .app import create_app, drain
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                                  help="print the webhook secret of one GitHub repository")
     secret.add_argument("repository", metavar="OWNER/REPO")
     secret.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    verify.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "verify":  # a user's offline check: no configuration, no logging
+        return verify.main(args)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_flood.install()
