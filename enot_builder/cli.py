@@ -30,6 +30,7 @@ from .domain import InvalidInput
 from .keys import CONFIG
 from .layout import Layout
 from .sandbox import Sandbox, SandboxError
+from .signing import SigningError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"serve": serve, "migrate": migrate, "check": check}[args.command](config)
     except (db.SchemaError, pgcluster.ClusterError, reachability.ReachabilityError,
-            SandboxError) as e:
+            SandboxError, SigningError) as e:
         print(f"enot-builder: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:

@@ -413,4 +413,7 @@ async def _apply(cur: aiopg.Cursor, record: dict[str, Any]) -> bool:
         cur, record["build_id"], worker=record["worker"], succeeded=outcome["succeeded"],
         message=outcome["message"], artifact_path=outcome["artifact_path"],
         artifact_name=outcome["artifact_name"], artifact_sha256=outcome["artifact_sha256"],
-        artifact_size=outcome["artifact_size"], failure_stage=outcome.get("stage"))
+        artifact_size=outcome["artifact_size"], failure_stage=outcome.get("stage"),
+        # .get: a record saved by an earlier version has none of these.
+        provenance_key=outcome.get("provenance_key"), sbom_key=outcome.get("sbom_key"),
+        signing_key_id=outcome.get("signing_key_id"))

@@ -47,45 +47,47 @@ def _mode(member: tarfile.TarInfo) -> int:
 
 def normalise(source: BinaryIO, out: BinaryIO, mtime: int,
               edit: Callable[[str, bytes], bytes] | None = None) -> None:
-    """Rewrite the tar in `source` into `out` deterministically: members sorted by name,
-    every mtime `mtime`, uid/gid 0 with empty owner names, modes 0644/0755, no PAX
-    headers beyond what a long name needs. `edit(name, data)` may change a file's bytes
-    on the way (the stamped enot_config.json). Only plain files and directories are
-    accepted; any other entry raises UnsafePackage.
+    """Rewrite the tar in `source` (a seekable file) into `out` deterministically:
+    members sorted by name, every mtime `mtime`, uid/gid 0 with empty owner names,
+    modes 0644/0755, no PAX headers beyond what a long name needs. `edit(name, data)`
+    may change a file's bytes on the way (the stamped enot_config.json). Only plain
+    files and directories are accepted; any other entry raises UnsafePackage.
     """
-    entries: list[tuple[str, bool, int, bytes]] = []
-    total = 0
     with tarfile.open(fileobj=source, mode="r:") as package:
-        for member in package:
+        members: dict[str, tarfile.TarInfo] = {}
+        for member in package.getmembers():
             parts = PurePosixPath(member.name).parts
             if not (member.isfile() or member.isdir()) or not parts or parts[0] == "/" \
                     or ".." in parts:
                 raise UnsafePackage(f"the package holds an unsafe entry {member.name!r}")
             name = str(PurePosixPath(*parts))
-            data = b""
-            if member.isfile():
+            if name in members:
+                raise UnsafePackage(f"the package holds {name!r} twice")
+            members[name] = member
+        if sum(m.size for m in members.values()) > MAX_PACKAGE_BYTES:
+            raise UnsafePackage("the package is larger than a package may be")
+        # PAX only where a name needs it (longer than ustar holds); no global header,
+        # and an int mtime keeps tarfile from adding an "mtime" record.
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
+                          encoding="utf-8") as written:
+            # Sorted, so a directory comes before what it holds.
+            for name in sorted(members):
+                member = members[name]
+                info = tarfile.TarInfo(name)
+                info.mode = _mode(member)
+                info.mtime = int(mtime)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if member.isdir():
+                    info.type = tarfile.DIRTYPE
+                    written.addfile(info)
+                    continue
                 extracted = package.extractfile(member)
                 assert extracted is not None
-                data = extracted.read()
-                if edit is not None:
-                    data = edit(name, data)
-            total += len(data)
-            if total > MAX_PACKAGE_BYTES:
-                raise UnsafePackage("the package is larger than a package may be")
-            entries.append((name, member.isdir(), _mode(member), data))
-    names = [entry[0] for entry in entries]
-    if len(set(names)) != len(names):
-        raise UnsafePackage("the package holds one name twice")
-    # PAX only where a name needs it (longer than ustar holds); no global header, and
-    # an int mtime keeps tarfile from adding an "mtime" record.
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT,
-                      encoding="utf-8") as stamped:
-        for name, is_dir, mode, data in sorted(entries):
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
-            info.mode = mode
-            info.mtime = int(mtime)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.size = 0 if is_dir else len(data)
-            stamped.addfile(info, None if is_dir else io.BytesIO(data))
+                if edit is None:
+                    info.size = member.size
+                    written.addfile(info, extracted)
+                else:
+                    data = edit(name, extracted.read())
+                    info.size = len(data)
+                    written.addfile(info, io.BytesIO(data))

@@ -53,9 +53,8 @@ async def _document(request: web.Request, key: str | None, what: str, row: dict,
         why = f"status: {row['status']}" if row["status"] != "succeeded" \
             else "it was built before this server recorded them"
         raise ApiError(404, f"Build {row['id']} has no {what} ({why})")
-    storage = request.app[STORAGE]
     chunks, size = [], 0
-    async for chunk in storage.read(key):
+    async for chunk in request.app[STORAGE].read(key):
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_DOCUMENT:
@@ -123,3 +122,4 @@ async def unretire(request: web.Request) -> web.Response:
     if not undone:
         raise ApiError(404, f"{namespace}/{name} {ref} is not retired")
     return envelope({"full_name": f"{namespace}/{name}", "ref": ref, "retired": False})
+

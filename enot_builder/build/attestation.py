@@ -18,14 +18,16 @@ import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__, provenance, sbom, signing
 from ..domain import Outcome
-from ..layout import Layout
-from ..storage import Storage
 from ..toolchains import ErlangInstallation, Toolchain
-from .context import BuildRun
+
+if TYPE_CHECKING:
+    from ..layout import Layout
+    from ..storage import Storage
+    from .context import BuildRun
 
 MAX_DEPENDENCY_FILES = 500
 CACHE = Path(".cache") / "enot"
@@ -33,7 +35,7 @@ CACHE = Path(".cache") / "enot"
 
 async def attest(run: BuildRun, outcome: Outcome, erlang: ErlangInstallation,
                  toolchain: Toolchain, layout: Layout, storage: Storage,
-                 key: signing.SigningKey, commit: str, source_date_epoch: int | None,
+                 key: signing.SigningKey, commit: str,
                  package_config: dict[str, Any] | None) -> None:
     """Write and store the build's provenance and SBOM; their keys go into `outcome`."""
     build = run.build
@@ -49,7 +51,7 @@ async def attest(run: BuildRun, outcome: Outcome, erlang: ErlangInstallation,
         compiler="enot", compiler_version=toolchain.enot_version or "unknown",
         started_at=build.started_at or datetime.now(UTC), finished_at=datetime.now(UTC),
         dependencies=tuple(dependencies), sandbox=sandbox_settings(run),
-        source_date_epoch=source_date_epoch)
+        source_date_epoch=run.source_date_epoch)
     envelope = json.dumps(provenance.sign(facts, key), indent=2).encode()
     documents = ((".intoto.json", envelope), (".cdx.json", sbom.document(facts).encode()))
     keys = []

@@ -44,8 +44,20 @@ PACKAGE_BUILD_JSON = f"""
         'path', CASE WHEN b.status = 'succeeded' THEN {DOWNLOAD} ELSE {BUILD_LOG} END,
         'build_date', b.finished_at,
         'version', b.ref,
-        'erl_version', b.erl_version
+        'erl_version', b.erl_version,
+        -- Extra keys (issue 12; clients ignore what they do not know). Needs the
+        -- version pv and its retirement rt (RETIREMENT_JOIN) in the query.
+        'sha256', b.artifact_sha256,
+        'current', b.id = pv.success_build_id,
+        'reproducible', b.reproducible,
+        'retired', rt.ref IS NOT NULL,
+        'retired_reason', rt.reason
     )
+"""
+
+# A version's retirement, if any (retirements: per tag, whatever the release).
+RETIREMENT_JOIN = """
+    LEFT JOIN retirements rt ON rt.repository_id = pv.repository_id AND rt.ref = pv.ref
 """
 
 # Version filters `[{"ref"?, "erl_version"?}]`: a version matches when it matches any
