@@ -152,6 +152,8 @@ async def test_build_once_and_a_verifying_rebuild(hooked: TestClient,  # noqa: F
     page = await (await client.get("/ui/packages/tester/again")).text()
     assert "reproducible: a rebuild gave the same bytes" in page
     assert f'href="/provenance/{first}"' in page
+    page = await (await client.get(f"/ui/builds/{check['build_id']}")).text()
+    assert "the reproducibility of build" in page and "yes: a rebuild gave the same bytes" in page
 
     # A plain rebuild becomes current; the earlier artifact stays downloadable by id.
     r = await client.post("/rebuild", json={"build_id": first})

@@ -26,7 +26,8 @@ BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, b.not_before, b.failure_stage, r.namespace, r.name, r.clone_url, r.bound_by
+    b.worker, b.not_before, b.failure_stage, b.verify_of::text AS verify_of, b.reproducible,
+    b.provenance_key IS NOT NULL AS signed, r.namespace, r.name, r.clone_url, r.bound_by
 """
 
 # The links the documents carry (paths.py): SQL text, so held to a safe shape.
