@@ -125,6 +125,10 @@ class Outcome:
     see_log: bool = False
     # The step that failed; None for a success.
     stage: Stage | None = None
+    # A success's signed provenance and SBOM: storage keys, and the signing key's id.
+    provenance_key: str | None = None
+    sbom_key: str | None = None
+    signing_key_id: str | None = None
     # What built the artifact: "enot", "rebar3" or "rebar" (fallback.Compiler).
     compiler: str | None = None
 

@@ -59,7 +59,7 @@ STOP_GRACE = 5.0
 ERROR_TAIL = 2000
 # Tries of setting the prohibit routes (_prohibit_host_addresses); `replace`, so a
 # try after a partial one is no error.
-PROHIBIT_TRIES = 3
+PROHIBIT_TRIES = 6
 
 
 class NetworkError(Exception):
@@ -155,9 +155,12 @@ class StepNetwork:
     async def _prohibit_host_addresses(self, userns: int, netns: int) -> None:
         """Route the host's own addresses nowhere, inside the step's namespace.
 
-        Tried PROHIBIT_TRIES times: once in several hundred steps under CI, `ip` was
-        refused (EPERM) although slirp4netns, as the same user, had just configured the
-        same namespace; the cause is not understood, and the step has not started yet.
+        Tried PROHIBIT_TRIES times, waiting longer each time: once in several hundred
+        steps under CI, and far more often on a machine loaded with other test runs,
+        `ip` was refused (EPERM) although slirp4netns, as the same user, had just
+        configured the same namespace. The cause is not understood; that it comes with
+        load suggests a race with bubblewrap's setup, which a longer wait outlasts. The
+        step has not started yet, so waiting costs nothing but time.
         """
         routes = "".join(f"route replace prohibit {address}/32\n" for address in host_addresses())
         if not routes:
@@ -177,7 +180,7 @@ class StepNetwork:
             if attempt == PROHIBIT_TRIES:
                 raise NetworkError(f"cannot keep the host's own addresses out of the sandbox: {said}")
             log.warning("ip in a step's network namespace failed (try %d): %s", attempt, said)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
 
     async def _collect_errors(self) -> None:
         assert self._slirp is not None and self._slirp.stderr is not None

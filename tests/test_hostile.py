@@ -498,5 +498,5 @@ def test_a_package_with_deeply_nested_config_is_refused() -> None:
         tar.addfile(member, io.BytesIO(raw))
     package.seek(0)
     with pytest.raises(BuildFailure) as failure:
-        stamp_package(package, io.BytesIO(), "hostile/deep", "https://github.com/hostile/deep")
+        stamp_package(package, io.BytesIO(), "hostile/deep")
     assert str(failure.value) == "the package's enot_config.json nests too deeply"

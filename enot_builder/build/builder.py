@@ -23,13 +23,14 @@ from ..retry import retry_delay
 from ..sandbox import Sandbox, SandboxError
 from ..storage import Storage
 from ..toolchains import Toolchain
-from . import artifact, compile, releases, source
+from . import artifact, attestation, compile, releases, source
 from .context import BuildRun
 from .package_files import off_loop
 from .project import adapt_project, package_config
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
+    from ..signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Builder:
         # The server's cache on a Unix socket (cache_socket.py), which sandboxed
         # builds reach through a relay; set when the server runs it.
         self.cache_socket: Path | None = None
+        # The key that signs provenance (signing.py); set when the server loads it.
+        self.signing_key: SigningKey | None = None
 
     def prepare_dirs(self) -> None:
         self.layout.prepare_dirs()
@@ -135,6 +138,10 @@ class Builder:
                                          sha)
         outcome = await artifact.keep(run, self.layout, self.storage)
         outcome.compiler = str(compiler)
+        if self.signing_key is not None:
+            # Before the work directory goes: the dependencies it used are hashed from it.
+            await attestation.attest(run, outcome, erlang, self.toolchain, self.layout,
+                                     self.storage, self.signing_key, sha, project)
         return outcome
 
     async def _source(self, run: BuildRun) -> None:

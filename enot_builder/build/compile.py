@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import cache_relay
+from .. import cache_relay, reproducible
 from ..domain import BuildFailure, Stage
 from ..toolchains import ErlangInstallation, Toolchain
 from . import fallback
@@ -60,7 +60,9 @@ async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchai
     if project is not None and project.port_specs:
         return await with_rebar(run, rebar, project, None, erlang.release, cache_path)
     run.log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
-    env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
+    env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": "",
+           # Beams without build paths, times from the tagged commit (reproducible.py).
+           **reproducible.build_env(run.source_date_epoch)}
     step = await run_step(
         sandbox.command(argv, work_dir=run.work_dir, cwd=f"{root}/{run.src_rel}", env=env,
                         erlang=erlang, read_only=local_sources(config), sockets=sockets),

@@ -33,6 +33,9 @@ class BuildRun:
     work_dir: Path
     log: BuildLog
     deadline: float
+    # The tagged commit's committer time (set by source.tagged_commit): the packaged
+    # files' mtime and the build's SOURCE_DATE_EPOCH, so one tag gives one package.
+    source_date_epoch: int = 0
 
     @property
     def root(self) -> str:
