@@ -147,12 +147,12 @@ class StepNetwork:
             said = self._errors.decode(errors="replace").strip().splitlines()
             raise NetworkError("slirp4netns did not bring the network up"
                                + (f": {said[-1]}" if said else ""))
-        await self._prohibit_host_addresses(userns, netns)
+        await self._prohibit_host_addresses(userns, netns, pid)
         for fd in (netns, userns):
             self._close(fd)
         os.write(self._block_w, b"1")  # the go-ahead: the step runs from here
 
-    async def _prohibit_host_addresses(self, userns: int, netns: int) -> None:
+    async def _prohibit_host_addresses(self, userns: int, netns: int, pid: int) -> None:
         """Route the host's own addresses nowhere, inside the step's namespace.
 
         Tried PROHIBIT_TRIES times, waiting longer each time: once in several hundred
@@ -165,6 +165,11 @@ class StepNetwork:
         routes = "".join(f"route replace prohibit {address}/32\n" for address in host_addresses())
         if not routes:
             return
+        # `ip` keeps the capabilities nsenter gained in the namespace's user namespace
+        # only if it runs there as uid 0 (an exec drops them otherwise), and bubblewrap
+        # writes that mapping from inside the sandbox, after reporting the sandbox's pid:
+        # wait for it (slirp4netns needs no wait: it does not exec after entering).
+        await _mapped(pid)
         for attempt in range(1, PROHIBIT_TRIES + 1):
             proc = await asyncio.create_subprocess_exec(
                 *self.run_as, "nsenter", f"--user=/proc/self/fd/{userns}",
@@ -177,6 +182,7 @@ class StepNetwork:
             if proc.returncode == 0:
                 return
             said = output.decode(errors="replace").strip()[-ERROR_TAIL:]
+            said += f" (uid_map of the sandbox: {_uid_map(pid)!r})"
             if attempt == PROHIBIT_TRIES:
                 raise NetworkError(f"cannot keep the host's own addresses out of the sandbox: {said}")
             log.warning("ip in a step's network namespace failed (try %d): %s", attempt, said)
@@ -232,6 +238,22 @@ class StepNetwork:
         if fd in self._fds:
             self._fds.discard(fd)
             os.close(fd)
+
+
+async def _mapped(pid: int) -> None:
+    """Return once the user namespace of the sandbox's process `pid` maps a uid (its
+    uid_map is written once, by bubblewrap), or the process is gone; the caller's
+    timeout bounds the wait. Polled: the kernel offers no event for it."""
+    while (written := _uid_map(pid)) is not None and not written:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+def _uid_map(pid: int) -> str | None:
+    """The uid_map of process `pid`, stripped; None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/uid_map").read_text().strip()
+    except OSError:
+        return None
 
 
 def host_addresses() -> list[str]:
