@@ -134,6 +134,14 @@ class MailConfig:
 
 
 @dataclass
+class DependenciesConfig:
+    # The package registry's API, asked by the server (never by a build) where a rebar
+    # dependency is named the registry way ({name, "vsn"}); answers are cached in the
+    # database.
+    hex_api: str = "https://hex.pm/api"
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -142,6 +150,7 @@ class Config:
     git: GitConfig = field(default_factory=GitConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     mail: MailConfig = field(default_factory=MailConfig)
+    dependencies: DependenciesConfig = field(default_factory=DependenciesConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -285,6 +294,8 @@ def validate(config: Config) -> None:
         raise ConfigError('[mail] security must be "none", "starttls" or "tls"')
     if config.mail.retries < 0 or config.mail.retry_delay < 0:
         raise ConfigError("[mail] retries and retry_delay must not be negative")
+    if not config.dependencies.hex_api.startswith(("https://", "http://")):
+        raise ConfigError("[dependencies] hex_api must be an http(s) URL")
     for scheme in config.git.allowed_schemes:
         if scheme not in ("https", "http", "git", "ssh", "file"):
             raise ConfigError(f"[git] allowed_schemes: {scheme!r} is not a git transport we allow")

@@ -142,7 +142,7 @@ async def rebind_repository(cur: aiopg.Cursor, repository_id: int, *, clone_url:
         await cur.execute(
             "UPDATE builds SET status = 'cancelled', finished_at = now(),"
             " message = 'cancelled: the package name was bound to another repository'"
-            " WHERE repository_id = %(id)s AND status IN ('queued', 'running')",
+            " WHERE repository_id = %(id)s AND status IN ('queued', 'waiting', 'running')",
             {"id": repository_id})
         await cur.execute(
             "UPDATE builds SET package_version_id = NULL WHERE repository_id = %(id)s"
@@ -208,7 +208,7 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
         """
         SELECT b.id::text AS id, b.status::text AS status FROM builds b
         WHERE b.repository_id = %(repository_id)s AND b.ref = %(ref)s
-          AND (b.status IN ('queued', 'running')
+          AND (b.status IN ('queued', 'waiting', 'running')
                -- a success still listed: one from a source the name left is not its own
                OR (%(reuse)s AND b.status = 'succeeded' AND b.package_version_id IS NOT NULL))
           AND CASE WHEN %(erl_version)s::text IS NULL THEN b.parent_id IS NULL
@@ -612,7 +612,7 @@ async def take_complete_requests(cur: aiopg.Cursor, build_id: str) -> list[str]:
           AND r.notify_email AND r.reported_at IS NULL
           AND NOT EXISTS (
               SELECT 1 FROM request_builds rb JOIN builds b ON b.id = rb.build_id
-              WHERE rb.request_id = r.id AND b.status IN ('queued', 'running'))
+              WHERE rb.request_id = r.id AND b.status IN ('queued', 'waiting', 'running'))
         RETURNING r.id::text AS id
         """,
         {"id": build_id},
@@ -672,13 +672,17 @@ _POSITION = """
 
 
 async def queue_rows(cur: aiopg.Cursor, limit: int) -> list[Row]:
-    """Running builds, then queued ones in the order they will run, with positions."""
+    """Running builds, then queued ones in the order they will run, with positions, then
+    the ones waiting for their dependencies."""
     await cur.execute(
         f"""
         SELECT {_BUILD_SUMMARY}, b.worker, {_POSITION} AS position
         FROM builds b JOIN repositories r ON r.id = b.repository_id
-        WHERE b.status IN ('queued', 'running')
-        ORDER BY b.status = 'queued', b.priority DESC, b.started_at NULLS LAST, b.queue_seq
+        WHERE b.status IN ('queued', 'waiting', 'running')
+        -- running, then queued in the order they will run, then those waiting for
+        -- their dependencies (they run once released, at their place)
+        ORDER BY array_position(ARRAY['running', 'queued', 'waiting'], b.status::text),
+                 b.priority DESC, b.started_at NULLS LAST, b.queue_seq
         LIMIT %(limit)s
         """,
         {"limit": limit},
@@ -696,9 +700,9 @@ async def queue_position(cur: aiopg.Cursor, build_id: str) -> int | None:
 async def queue_counts(cur: aiopg.Cursor) -> dict[str, int]:
     await cur.execute(
         "SELECT status::text AS status, count(*) AS n FROM builds"
-        " WHERE status IN ('queued', 'running') GROUP BY status"
+        " WHERE status IN ('queued', 'waiting', 'running') GROUP BY status"
     )
-    counts = {"queued": 0, "running": 0}
+    counts = {"queued": 0, "waiting": 0, "running": 0}
     counts.update({row["status"]: row["n"] for row in await cur.fetchall()})
     return counts
 
@@ -719,7 +723,7 @@ async def built_or_pending(cur: aiopg.Cursor, namespace: str, name: str, ref: st
             SELECT 1 FROM repositories r JOIN builds b ON b.repository_id = r.id
             WHERE r.namespace = %(ns)s AND r.name = %(name)s AND b.ref = %(ref)s
               AND coalesce(b.erl_version, %(erl)s) = %(erl)s
-              AND b.status IN ('queued', 'running')
+              AND b.status IN ('queued', 'waiting', 'running')
         ) AS found
         """,
         {"ns": namespace, "name": name, "ref": ref, "erl": erl_version},
@@ -731,7 +735,7 @@ async def family_pending(cur: aiopg.Cursor, root_id: str) -> bool:
     """Whether a build or one split off from it is still queued or running."""
     await cur.execute(
         "SELECT EXISTS (SELECT 1 FROM builds WHERE (id = %(id)s OR parent_id = %(id)s)"
-        " AND status IN ('queued', 'running')) AS pending",
+        " AND status IN ('queued', 'waiting', 'running')) AS pending",
         {"id": root_id},
     )
     return (await cur.fetchone())["pending"]
@@ -798,7 +802,7 @@ async def active_builds(cur: aiopg.Cursor, repository_id: int) -> list[Row]:
         """
         SELECT b.id::text AS id, b.ref, b.erl_version, b.status::text AS status
         FROM builds b
-        WHERE b.repository_id = %(repository_id)s AND b.status IN ('queued', 'running')
+        WHERE b.repository_id = %(repository_id)s AND b.status IN ('queued', 'waiting', 'running')
         ORDER BY b.queue_seq
         """,
         {"repository_id": repository_id},
@@ -835,3 +839,180 @@ async def successful_refs(cur: aiopg.Cursor, namespace: str, name: str) -> list[
         {"namespace": namespace, "name": name},
     )
     return await cur.fetchall()
+
+
+# --- the dependency graph (dependency_graph.py) and the registry's cache (registry.py) ---
+
+async def set_dependency_position(cur: aiopg.Cursor, build_id: str, root_id: str,
+                                  depth: int) -> None:
+    """Place a newly queued dependency build in the tree of the build that needed it."""
+    await cur.execute("UPDATE builds SET dependency_root = %(root)s, dependency_depth = %(depth)s"
+                      " WHERE id = %(id)s", {"id": build_id, "root": root_id, "depth": depth})
+
+
+async def dependency_position(cur: aiopg.Cursor, build_id: str) -> Row:
+    """The root of a build's dependency tree (itself when asked for), its depth, and the
+    number of builds that tree holds."""
+    await cur.execute(
+        """
+        SELECT coalesce(b.dependency_root, b.id)::text AS root, b.dependency_depth AS depth,
+               (SELECT count(*) FROM builds t
+                WHERE t.dependency_root = coalesce(b.dependency_root, b.id)) AS size
+        FROM builds b WHERE b.id = %(id)s
+        """,
+        {"id": build_id},
+    )
+    return await cur.fetchone()
+
+
+async def add_dependency(cur: aiopg.Cursor, build_id: str, dependency_id: str, name: str) -> None:
+    await cur.execute(
+        "INSERT INTO build_dependencies (build_id, dependency_id, name)"
+        " VALUES (%(build)s, %(dependency)s, %(name)s) ON CONFLICT DO NOTHING",
+        {"build": build_id, "dependency": dependency_id, "name": name},
+    )
+
+
+async def dependency_path(cur: aiopg.Cursor, start_id: str, target_id: str,
+                          max_depth: int) -> list[str] | None:
+    """The ids on a path of dependency edges from `start_id` to `target_id` (both
+    included), or None: an edge target -> start would close a cycle along it."""
+    await cur.execute(
+        """
+        WITH RECURSIVE walk (id, path) AS (
+            SELECT %(start)s::uuid, ARRAY[%(start)s::uuid]
+            UNION ALL
+            SELECT e.dependency_id, w.path || e.dependency_id
+            FROM walk w JOIN build_dependencies e ON e.build_id = w.id
+            WHERE NOT e.dependency_id = ANY (w.path) AND cardinality(w.path) <= %(depth)s
+        )
+        SELECT path::text[] AS path FROM walk WHERE id = %(target)s LIMIT 1
+        """,
+        {"start": start_id, "target": target_id, "depth": max_depth},
+    )
+    row = await cur.fetchone()
+    return None if row is None else list(row["path"])
+
+
+async def recorded_dependencies(cur: aiopg.Cursor, build_id: str) -> list[Row]:
+    """What a build resolved before it waited: name, repository and ref of each."""
+    await cur.execute(
+        """
+        SELECT e.name, d.id::text AS id, r.namespace, r.name AS repository, r.clone_url, d.ref
+        FROM build_dependencies e JOIN builds d ON d.id = e.dependency_id
+        JOIN repositories r ON r.id = d.repository_id
+        WHERE e.build_id = %(id)s ORDER BY e.name
+        """,
+        {"id": build_id},
+    )
+    return await cur.fetchall()
+
+
+async def dependency_builds(cur: aiopg.Cursor, build_id: str) -> list[Row]:
+    """The builds a build depends on, with their state: what it waits for, and why."""
+    await cur.execute(
+        """
+        SELECT d.id::text AS id, r.namespace, r.name, d.ref, d.erl_version,
+               d.status::text AS status, d.message, e.name AS declared_as
+        FROM build_dependencies e JOIN builds d ON d.id = e.dependency_id
+        JOIN repositories r ON r.id = d.repository_id
+        WHERE e.build_id = %(id)s ORDER BY r.namespace, r.name, d.ref
+        """,
+        {"id": build_id},
+    )
+    return await cur.fetchall()
+
+
+async def start_waiting(cur: aiopg.Cursor, build_id: str, message: str,
+                        worker: str | None = None) -> bool:
+    """A running build gives its worker back until its dependencies are built.
+
+    The attempt does not count (nothing of the package failed). False when it was no
+    longer running (as `worker`).
+    """
+    await cur.execute(
+        """
+        UPDATE builds SET status = 'waiting', message = %(message)s, worker = NULL,
+                          started_at = NULL, attempt = attempt - 1
+        WHERE id = %(id)s AND status = 'running'
+          AND (%(worker)s::text IS NULL OR worker = %(worker)s)
+        RETURNING id
+        """,
+        {"id": build_id, "message": message, "worker": worker},
+    )
+    return await cur.fetchone() is not None
+
+
+async def release_dependents(cur: aiopg.Cursor, dependency_id: str) -> list[str]:
+    """Waiting builds of which this (succeeded) build was the last unbuilt dependency go
+    back to the queue, at the place they had; their ids."""
+    await cur.execute(
+        """
+        UPDATE builds w SET status = 'queued', message = ''
+        WHERE w.status = 'waiting'
+          AND w.id IN (SELECT build_id FROM build_dependencies WHERE dependency_id = %(id)s)
+          AND NOT EXISTS (SELECT 1 FROM build_dependencies e JOIN builds d ON d.id = e.dependency_id
+                          WHERE e.build_id = w.id AND d.status <> 'succeeded')
+        RETURNING w.id::text AS id
+        """,
+        {"id": dependency_id},
+    )
+    return [row["id"] for row in await cur.fetchall()]
+
+
+async def fail_dependents(cur: aiopg.Cursor, dependency_id: str, message: str) -> list[str]:
+    """Builds waiting for this (failed) build fail with `message`; their ids.
+
+    As finish_build does, the version's last build points at the failure. Run it inside
+    the caller's transaction.
+    """
+    await cur.execute(
+        """
+        UPDATE builds w SET status = 'failed', message = %(message)s, finished_at = now()
+        WHERE w.status = 'waiting'
+          AND w.id IN (SELECT build_id FROM build_dependencies WHERE dependency_id = %(id)s)
+        RETURNING w.id::text AS id
+        """,
+        {"id": dependency_id, "message": message},
+    )
+    failed = [row["id"] for row in await cur.fetchall()]
+    if failed:
+        # A second statement: one that updated these rows again would see none of it.
+        await cur.execute(
+            """
+            WITH versions AS (
+                INSERT INTO package_versions AS pv (repository_id, ref, erl_version, last_build_id)
+                SELECT repository_id, ref, erl_version, id FROM builds
+                WHERE id = ANY (%(ids)s::uuid[]) AND erl_version IS NOT NULL
+                ON CONFLICT (repository_id, ref, erl_version) DO UPDATE
+                    SET last_build_id = EXCLUDED.last_build_id
+                RETURNING id, last_build_id
+            )
+            UPDATE builds b SET package_version_id = v.id FROM versions v
+            WHERE b.id = v.last_build_id
+            """,
+            {"ids": failed},
+        )
+    return failed
+
+
+async def registry_answer(cur: aiopg.Cursor, registry: str, name: str) -> Row | None:
+    """A cached registry answer and its age in seconds."""
+    await cur.execute(
+        "SELECT answer, extract(epoch FROM now() - fetched_at)::float AS age"
+        " FROM registry_packages WHERE registry = %(registry)s AND name = %(name)s",
+        {"registry": registry, "name": name},
+    )
+    return await cur.fetchone()
+
+
+async def save_registry_answer(cur: aiopg.Cursor, registry: str, name: str,
+                               answer: dict[str, Any]) -> None:
+    await cur.execute(
+        """
+        INSERT INTO registry_packages (registry, name, answer) VALUES (%(registry)s, %(name)s,
+                                                                       %(answer)s::jsonb)
+        ON CONFLICT (registry, name) DO UPDATE SET answer = EXCLUDED.answer, fetched_at = now()
+        """,
+        {"registry": registry, "name": name, "answer": json.dumps(answer)},
+    )
