@@ -23,6 +23,7 @@ from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, TOOL_VERS
 from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
+from .resolve.registry import Registry
 from .routes import setup_routes
 from .sandbox import Sandbox, SandboxError
 
@@ -116,6 +117,8 @@ async def mailer(app: web.Application) -> AsyncIterator[None]:
 
 async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    # Registry dependencies are resolved by the server, through the database's cache.
+    app[BUILDER].registry = Registry(app[POOL], config.dependencies.hex_api)
     queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS])
     await queue.start()
     app[QUEUE] = queue

@@ -28,9 +28,12 @@ from urllib.parse import unquote, urlsplit
 from . import cache_relay, process, validation
 from .buildlog import BuildLog
 from .config import Config
-from .domain import BuildFailure, BuildHooks, Outcome
+from .domain import BuildFailure, BuildHooks, Outcome, Stage
+from .errors import ApiError
 from .files import publish
 from .netstack import NetworkError
+from .resolve.registry import Registry
+from .resolve.step import DependencyStep, Waiting
 from .retry import retry_delay
 from .sandbox import Command, Sandbox, SandboxError
 from .toolchains import Toolchain
@@ -62,6 +65,20 @@ PARSE_TIMEOUT = 30
 
 
 SEE_LOG = "; see the build log"
+COMMIT = re.compile(r"[0-9a-f]{40}")
+# git's options for every command that reaches a repository: only the transports git
+# hosts use (no ext::, no remote helpers), no hooks.
+GIT_CONFIG = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
+              "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always",
+              "-c", "protocol.ssh.allow=always", "-c", "core.hooksPath=/dev/null",
+              "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
+
+
+def git_config(url: str) -> list[str]:
+    """GIT_CONFIG, and file:// for a file:// URL: reachable only when the operator
+    allowed file:// or rewrote to a local mirror (tests do both); the sandbox sees
+    these paths read-only."""
+    return GIT_CONFIG + (["-c", "protocol.file.allow=always"] if url.startswith("file://") else [])
 
 # What git says when the other side, not the repository, is the problem, and what we
 # say instead ({host}: the host git names, else the clone URL's). All are retried.
@@ -105,6 +122,8 @@ class Builder:
         # The server's cache on a Unix socket (cache_socket.py), which sandboxed
         # builds reach through a relay; set when the server runs it.
         self.cache_socket: Path | None = None
+        # The package registry, through the database's cache; set by the app.
+        self.registry: Registry | None = None
 
     @property
     def artifacts_dir(self) -> Path:
@@ -153,6 +172,9 @@ class Builder:
                            f"sandbox: {self.sandbox.mode}")
             try:
                 outcome = await self._run(build, hooks, work_dir, build_log, deadline)
+                if outcome.waiting:
+                    build_log.line("WAITING: " + outcome.message)
+                    return outcome
             except BuildFailure as e:
                 outcome = Outcome(False, str(e), retryable=e.retryable, see_log=e.see_log)
             except SandboxError as e:
@@ -216,9 +238,17 @@ class Builder:
             raise BuildFailure(f"Erlang/OTP {erl_version} is not installed on this server "
                                f"(installed: {installed})")
 
-        # 3. enot.
+        # 3. Its dependencies: resolved here, built first (the build waits for them).
         await off_loop(adapt_project, src, build["name"], build_log)
-        dependencies = has_dependencies(config)
+        resolved = await self._dependencies(build, hooks, work_dir, root, src_rel, erlang,
+                                            erl_version, config, build_log, deadline)
+        if isinstance(resolved, Waiting):
+            return Outcome(False, "waiting for " + ", ".join(resolved.dependencies),
+                           waiting=True)
+        config = await off_loop(package_config, src)  # its deps may be pinned now
+
+        # 4. enot.
+        dependencies = has_dependencies(config) or bool(resolved)
         # A sandboxed build never reaches this server's HTTP port (it is not on the
         # host's network, network or not): the cache comes through a relay to its socket.
         relay = dependencies and self.cache_socket is not None and self.sandbox.isolated
@@ -248,8 +278,52 @@ class Builder:
             raise BuildFailure(f"enot package failed (exit status {step.returncode})",
                                see_log=True)
 
-        # 4. Keep the artifact.
-        return await asyncio.to_thread(self._store_artifact, build, src)
+        # 5. Keep the artifact.
+        return await asyncio.to_thread(self._store_artifact, build, src, resolved)
+
+    async def _dependencies(self, build: dict[str, Any], hooks: BuildHooks, work_dir: Path,
+                            root: str, src_rel: str, erlang: Any, erl_version: str,
+                            config: dict[str, Any] | None, build_log: BuildLog,
+                            deadline: float) -> list[Any] | Waiting:
+        """The dependency step (resolve/step.py), its commands run in this build's sandbox:
+        the package's own code (rebar.config.script) without network, `git ls-remote`
+        with the network a clone has."""
+        async def run(argv: list[str], *, network: bool, cwd: str, url: str | None = None,
+                      timeout: float = 300, log: bool = True) -> process.StepResult:
+            command = self.sandbox.command(
+                argv, work_dir=work_dir, cwd=cwd, erlang=erlang, network=network,
+                env={"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0",
+                     "GIT_ASKPASS": "/bin/true", "GIT_CONFIG_NOSYSTEM": "1",
+                     "ERL_AFLAGS": "", "ERL_FLAGS": ""},
+                read_only=self._local_sources(url))
+            await asyncio.to_thread(self._hand_over, work_dir)
+            try:
+                step = await process.run(command, build_log if log else None,
+                                         min(timeout, deadline - time.monotonic()),
+                                         capture=1024 * 1024)
+            except NetworkError as e:
+                raise BuildFailure(f"the build's network could not be set up: {e}",
+                                   retryable=True) from None
+            check_log_full(step, build_log)
+            if step.timed_out and not log:
+                return step
+            if step.timed_out:
+                raise BuildFailure(f"the build ran past its time limit of "
+                                   f"{self.config.builds.timeout} s (builds.timeout) and was stopped")
+            return step
+
+        step = DependencyStep(work_dir=work_dir, root=root, src_rel=src_rel, run=run,
+                              registry=self.registry, build_log=build_log,
+                              git_config=git_config, parse=off_loop, check_url=self._check_url,
+                              rewrite_url=lambda url: rewrite_url(url, self.config.git.rewrites))
+        recorded = await hooks.dependencies_recorded() if hooks.dependencies_recorded else {}
+
+        async def record(resolved: list[Any]) -> list[str]:
+            if hooks.dependencies_resolved is None:
+                return []
+            return await hooks.dependencies_resolved(resolved, erl_version, build_log.line)
+
+        return await step(config, record, recorded)
 
     async def _choose_releases(self, build: dict[str, Any], src: Path,
                                config: dict[str, Any] | None, hooks: BuildHooks,
@@ -280,21 +354,23 @@ class Builder:
     async def _clone(self, build: dict[str, Any], work_dir: Path, root: str, src_rel: str,
                      build_log: BuildLog, deadline: float) -> None:
         url = rewrite_url(build["clone_url"], self.config.git.rewrites)
-        git_config = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
-                      "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always",
-                      "-c", "protocol.ssh.allow=always", "-c", "core.hooksPath=/dev/null",
-                      "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
-        if url.startswith("file://"):
-            # Reachable only when the operator allowed file:// or rewrote to a local
-            # mirror (tests do both); the sandbox sees these paths read-only.
-            git_config += ["-c", "protocol.file.allow=always"]
-        argv = ["git", *git_config, "clone", "--quiet", "--depth", "1", "--single-branch",
+        argv = ["git", *git_config(url), "clone", "--quiet", "--depth", "1", "--single-branch",
                 "--no-tags", "--branch", build["ref"], "--", url, src_rel]
+        if is_commit_build(build):
+            # A dependency pinned to a branch, built as the commit it was resolved to:
+            # `clone --branch` takes no commit, a fetch of the commit alone does.
+            # (enot wants an origin remote, as a clone has.)
+            argv = ["sh", "-c", 'git init -q "$1" && cd "$1" && git remote add origin "$2" && '
+                    'shift 2 && git "$@" && git -c advice.detachedHead=false checkout -q FETCH_HEAD',
+                    "clone-commit", src_rel, url, *git_config(url), "fetch", "--quiet", "--depth",
+                    "1", "--no-tags", "origin", build["ref"]]
         env = {"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true",
                "GIT_CONFIG_NOSYSTEM": "1", "GIT_LFS_SKIP_SMUDGE": "1"}
         shown = redact(url) if url == build["clone_url"] else \
             f"{redact(build['clone_url'])} (rewritten to {redact(url)})"
-        build_log.line(f"git clone --depth 1 --branch {build['ref']} {shown}")
+        build_log.line(f"git fetch --depth 1 of commit {build['ref']} from {shown}"
+                       if is_commit_build(build) else
+                       f"git clone --depth 1 --branch {build['ref']} {shown}")
         timeout = min(self.config.builds.clone_timeout, deadline - time.monotonic())
         # git alone runs here, but its network is the sandbox's too (whatever
         # builds.network says): a redirect, or a name that resolves to 127.0.0.1, must
@@ -317,6 +393,15 @@ class Builder:
                                f"git clone of {redact(url)} failed (exit status {step.returncode})",
                                retryable=problem is not None, see_log=True)
 
+    def _check_url(self, url: str) -> str:
+        """A dependency's URL passes the checks a request's does before anything is
+        asked of it (the allow-list: no loopback, no metadata address, no file path)."""
+        try:
+            return validation.clone_url(url, self.config.git, self.data_dir)
+        except ApiError as e:
+            raise BuildFailure(f"dependency URL {redact(url)} is not built here: {e.message}",
+                               stage=Stage.DEPENDENCIES) from None
+
     def check_memory(self, step: process.StepResult, what: str) -> None:
         """Fail naming the memory limit when a process of the step hit it."""
         if any(marker in step.output or marker in step.tail for marker in OUT_OF_MEMORY):
@@ -330,17 +415,21 @@ class Builder:
         """The tagged commit and its author's e-mail.
 
         Asking for refs/tags/<ref> by its full name also proves the ref is a tag:
-        `git clone --branch` takes branch names too, and we build tags only.
+        `git clone --branch` takes branch names too, and we build tags only (and the
+        commits dependencies pinned to branches were resolved to).
         """
+        wanted = "HEAD" if is_commit_build(build) else f"refs/tags/{build['ref']}^{{commit}}"
         step = await run_step(
             self.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", src_rel, "log",
-                                  "-1", "--format=%H%n%ae", f"refs/tags/{build['ref']}^{{commit}}",
-                                  "--"],
+                                  "-1", "--format=%H%n%ae", wanted, "--"],
                                  work_dir=work_dir, cwd=root,
                                  env={"HOME": f"{root}/home", "GIT_CONFIG_NOSYSTEM": "1"},
                                  network=False),
             None, min(60, deadline - time.monotonic()))
         lines = step.output.decode(errors="replace").splitlines()
+        if is_commit_build(build) and (step.returncode != 0 or not lines
+                                       or lines[0] != build["ref"]):
+            raise BuildFailure(f"commit {build['ref']} not found in {redact(build['clone_url'])}")
         if step.returncode != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[0]):
             raise BuildFailure(f"{build['ref']!r} is a branch, not a tag, in "
                                f"{redact(build['clone_url'])}; only tags are built")
@@ -399,7 +488,8 @@ class Builder:
             for name in [*dirnames, *filenames]:
                 os.lchown(os.path.join(dirpath, name), user.uid, user.gid)
 
-    def _store_artifact(self, build: dict[str, Any], src: Path) -> Outcome:
+    def _store_artifact(self, build: dict[str, Any], src: Path,
+                        resolved: list[Any] | None = None) -> Outcome:
         build_id = str(build["id"])
         # The build owned src/ until now and could have swapped it for a link to a
         # server directory; nothing of it runs any more, so one check holds.
@@ -430,7 +520,8 @@ class Builder:
                 target_dir.mkdir(parents=True, exist_ok=True)
                 with open(temporary, "wb") as out:
                     package_config = stamp_package(source, out,
-                                                   f"{build['namespace']}/{build['name']}")
+                                                   f"{build['namespace']}/{build['name']}",
+                                                   resolved)
                     out.flush()
                     os.fsync(out.fileno())
             digest, size = sha256_file(temporary)
@@ -445,6 +536,12 @@ class Builder:
             raise
         return Outcome(True, f"built {name} ({size} bytes)", str(target), name, digest, size,
                        tagged_dependencies(package_config))
+
+
+def is_commit_build(build: dict[str, Any]) -> bool:
+    """A dependency pinned to a branch is built as the commit it was resolved to."""
+    return bool(COMMIT.fullmatch(build["ref"])) and \
+        str(build.get("requested_by", "")).startswith("dependency of")
 
 
 def clone_problem(git_output: str, url: str) -> str | None:
@@ -490,13 +587,17 @@ def check_log_full(step: process.StepResult, build_log: BuildLog) -> None:
                            f"{build_log.output_limit} bytes, so it was stopped")
 
 
-def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, Any]:
-    """Copy an enot package, recording in its enot_config.json the name we serve it as.
+def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str,
+                  resolved: list[Any] | None = None) -> dict[str, Any]:
+    """Copy an enot package, recording in its enot_config.json the name we serve it as,
+    and its dependencies as this server resolved and built them (`resolved`).
 
     enot clients file a fetched package under the `fullname` of its enot_config.json
     and, without one, under the last two parts of the clone URL, which for a mirror, a
-    fork or a file:// URL is not the name the package was asked for by. Copying the
-    tar member by member also proves the artifact is a readable package.
+    fork or a file:// URL is not the name the package was asked for by. enot writes
+    an erlang.mk pin as a branch, which a client never fetches from a cache: each
+    dependency is listed with the repository's URL and the tag (or commit) built here.
+    Copying the tar member by member also proves the artifact is a readable package.
     """
     try:
         with tarfile.open(fileobj=source, mode="r:") as package, \
@@ -521,6 +622,7 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, 
                     if not isinstance(config, dict):
                         raise BuildFailure("the package's enot_config.json is not an object")
                     config["fullname"] = full_name
+                    pin_dependencies(config, resolved or [])
                     seen_config = config
                     raw = json.dumps(config, indent=4, sort_keys=True).encode()
                     member.size = len(raw)
@@ -531,6 +633,18 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str) -> dict[str, 
             return seen_config
     except tarfile.TarError as e:
         raise BuildFailure(f"enot produced an unreadable package: {e}") from None
+
+
+def pin_dependencies(config: dict[str, Any], resolved: list[Any]) -> None:
+    """Each of the package's deps entries that the server resolved: its real URL and
+    the tag (or commit) built here, instead of a mirror's URL or a branch."""
+    pins = {dep.name: dep for dep in resolved}
+    deps = config.get("deps")
+    for entry in deps if isinstance(deps, list) else []:
+        if isinstance(entry, dict) and entry.get("name") in pins:
+            dep = pins[entry["name"]]
+            entry.pop("branch", None)
+            entry.update(url=dep.clone_url, tag=dep.ref)
 
 
 def sha256_file(path: Path) -> tuple[str, int]:

@@ -79,7 +79,9 @@ class BuildsConfig:
     # The sandbox: "bwrap" (bubblewrap) or "none" (only with allow_unsandboxed).
     sandbox: str = "bwrap"
     allow_unsandboxed: bool = False
-    network: bool = True
+    # Network for the steps that run the package's code (enot); the clone always has
+    # its own. Off: dependencies come only from this server's cache.
+    network: bool = False
     memory_limit_mb: int = 3072
     cpu_time: int = 1800
     max_processes: int = 256

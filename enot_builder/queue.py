@@ -27,6 +27,7 @@ from .config import Config
 from .db import cursor
 from .domain import BuildFailure, BuildHooks, Outcome
 from .outcomes import OutcomeFiles
+from .resolve import graph
 from .retry import backoff, retry_delay
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class BuildQueue:
         self.builder.prepare_dirs()
         for build, outcome in finished:
             await self._follow_up(build, outcome)
+        # Waiting builds whose dependencies ended while no process followed them up.
+        self.wake(len(await graph.sweep(self.pool, self.config)))
         for i in range(self.worker_count):
             self._workers.append(asyncio.create_task(self._work(i), name=f"build-worker-{i}"))
         self._watchdog = asyncio.create_task(self._watch(), name="build-watchdog")
@@ -210,6 +213,12 @@ class BuildQueue:
         finally:
             self._running.pop(build_id, None)
             self._killed.discard(build_id)
+        if outcome.waiting:
+            # Not an end: it is `waiting` already (graph.wait_for), and runs again when
+            # its dependencies are built.
+            log.info("build %s %s", build_id, outcome.message)
+            self._announce()
+            return
         if await self._finish(build, outcome):
             if self.metrics is not None:
                 self.metrics.record_build(outcome, build["erl_version"],
@@ -220,6 +229,12 @@ class BuildQueue:
         """After a build: queue its missing dependencies, mail finished requests."""
         build_id = str(build["id"])
         try:
+            ended = [build_id]
+            if outcome.succeeded:
+                self.wake(len(await graph.release(self.pool, build_id)))
+            else:
+                # Its dependents fail with it: their requests may be complete now.
+                ended += await graph.fail_dependents(self.pool, self.config, build_id)
             if outcome.succeeded and outcome.dependencies:
                 async with cursor(self.pool) as cur:
                     # The release may have been chosen during the build.
@@ -231,7 +246,8 @@ class BuildQueue:
                 family = str(build["parent_id"] or build_id)
                 if not await store.family_pending(cur, family):
                     await asyncio.to_thread(self.builder.drop_snapshot, family)
-                for request_id in await store.take_complete_requests(cur, build_id):
+                for request_id in [request_id for ended_id in ended for request_id in
+                                   await store.take_complete_requests(cur, ended_id)]:
                     report = await store.request_report(cur, request_id)
                     self.mailer.send(mail.compose(report, self.config.public_url,
                                                   self.config.mail.sender))
@@ -267,6 +283,8 @@ class BuildQueue:
                                 cur, build_id, succeeded=False,
                                 message=f"stopped by the watchdog: no result {limit} s after "
                                         "it started")
+                # Waiting builds a dead process or a cancel left behind (rare; cheap).
+                self.wake(len(await graph.sweep(self.pool, self.config)))
             except (psycopg2.Error, OSError) as e:
                 log.warning("watchdog cannot read the builds: %s", e)
 
@@ -393,7 +411,18 @@ class BuildQueue:
             self.wake(len(rest))
             return first
 
-        return BuildHooks(log_opened, source_known, releases_known)
+        async def dependencies_resolved(resolved: list[Any], erl_version: str,
+                                        note: Callable[[str], None]) -> list[str]:
+            unmet = await graph.wait_for(self.pool, self.config, build, erl_version, resolved,
+                                         worker=build["worker"], note=note)
+            self.wake(len(unmet))
+            return [graph.describe(row) + f" (build {row['id']})" for row in unmet]
+
+        async def dependencies_recorded() -> dict[str, Any]:
+            return await graph.recorded(self.pool, build_id)
+
+        return BuildHooks(log_opened, source_known, releases_known, dependencies_resolved,
+                          dependencies_recorded)
 
 
 async def _apply(cur: aiopg.Cursor, record: dict[str, Any]) -> bool:

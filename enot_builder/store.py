@@ -1016,3 +1016,43 @@ async def save_registry_answer(cur: aiopg.Cursor, registry: str, name: str,
         """,
         {"registry": registry, "name": name, "answer": json.dumps(answer)},
     )
+
+
+async def sweep_waiting(cur: aiopg.Cursor) -> tuple[list[str], list[str]]:
+    """Waiting builds left behind by a process that died between a dependency's end and
+    its follow-up: those whose dependencies all succeeded go back to the queue (their
+    ids, first), and the dependencies that failed or were cancelled while builds still
+    wait for them are listed (second) for graph.fail_dependents. A dependency
+    superseded by an identical queued build (requeue_build) hands its waiters over."""
+    async with cur.begin():
+        await cur.execute(
+            """
+            WITH moved AS (
+                DELETE FROM build_dependencies e USING builds d
+                WHERE d.id = e.dependency_id AND d.status = 'cancelled'
+                  AND d.superseded_by IS NOT NULL
+                RETURNING e.build_id, d.superseded_by AS dependency_id, e.name
+            )
+            INSERT INTO build_dependencies (build_id, dependency_id, name)
+            SELECT build_id, dependency_id, name FROM moved ON CONFLICT DO NOTHING
+            """
+        )
+        await cur.execute(
+            """
+            UPDATE builds w SET status = 'queued', message = ''
+            WHERE w.status = 'waiting'
+              AND NOT EXISTS (SELECT 1 FROM build_dependencies e JOIN builds d ON d.id = e.dependency_id
+                              WHERE e.build_id = w.id AND d.status <> 'succeeded')
+            RETURNING w.id::text AS id
+            """
+        )
+        released = [row["id"] for row in await cur.fetchall()]
+        await cur.execute(
+            """
+            SELECT DISTINCT e.dependency_id::text AS id
+            FROM build_dependencies e JOIN builds w ON w.id = e.build_id AND w.status = 'waiting'
+            JOIN builds d ON d.id = e.dependency_id AND d.status IN ('failed', 'cancelled')
+            """
+        )
+        failed = [row["id"] for row in await cur.fetchall()]
+    return released, failed

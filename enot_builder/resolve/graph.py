@@ -22,7 +22,7 @@ would be added, and fails that build (and so, in turn, the builds waiting on it)
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import aiopg
 
@@ -60,13 +60,21 @@ async def recorded(pool: aiopg.Pool, build_id: str) -> dict[str, Resolved]:
 
 
 async def wait_for(pool: aiopg.Pool, config: Config, build: dict[str, Any], erl_version: str,
-                   dependencies: list[Resolved], worker: str | None = None) -> list[dict[str, Any]]:
+                   dependencies: list[Resolved], worker: str | None = None,
+                   note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Record the build's dependencies and queue the missing ones; return those not
     built yet (the build is `waiting` then), or [] when all are (it goes on).
 
-    Raises BuildFailure (stage dependencies) for a dependency that cannot be built here
-    (URL refused, name bound to another repository), a cycle, or a tree too big.
+    A dependency that cannot be built here (its URL refused, its name bound to another
+    repository) fails the build when builds have no network (enot could not get it
+    either); with builds.network on it is left to enot, said through `note`. Raises
+    BuildFailure (stage dependencies) for that, a cycle, or a tree too big.
     """
+    def unbuildable(message: str) -> None:
+        if not config.builds.network:
+            raise _failure(message + " (and builds have no network: builds.network)")
+        if note is not None:
+            note(message + "; enot may fetch it itself (builds.network is on)")
     build_id = str(build["id"])
     parent = f"{build['namespace']}/{build['name']} {build['ref']}"
     checked = []
@@ -76,8 +84,9 @@ async def wait_for(pool: aiopg.Pool, config: Config, build: dict[str, Any], erl_
             ref = validation.ref(dep.ref)
             namespace, name = validation.repository_of(clone_url, "dependency")
         except ApiError as e:
-            raise _failure(f"dependency {dep.name} ({dep.clone_url} {dep.ref}) cannot be "
-                           f"built here: {e.message}") from None
+            unbuildable(f"dependency {dep.name} ({dep.clone_url} {dep.ref}) cannot be built "
+                        f"here: {e.message}")
+            continue
         checked.append((namespace, name, clone_url, ref, dep))
     # One order for the tag locks of every build, so two builds never wait on each other.
     checked.sort(key=lambda item: (item[0], item[1], item[3]))
@@ -86,13 +95,15 @@ async def wait_for(pool: aiopg.Pool, config: Config, build: dict[str, Any], erl_
         position = await store.dependency_position(cur, build_id)
         for namespace, name, clone_url, ref, dep in checked:
             try:
-                entries = await queue_in_transaction(cur, BuildRequest(
-                    namespace, name, clone_url, [validation.VersionRequest(ref, erl_version)],
-                    notify_email=False, requested_by=f"dependency of {parent}",
-                    priority=PRIORITY_DEPENDENCY, bound_by=BY_DEPENDENCY))
+                async with cur.begin_nested():
+                    entries = await queue_in_transaction(cur, BuildRequest(
+                        namespace, name, clone_url, [validation.VersionRequest(ref, erl_version)],
+                        notify_email=False, requested_by=f"dependency of {parent}",
+                        priority=PRIORITY_DEPENDENCY, bound_by=BY_DEPENDENCY))
             except ApiError as e:
-                raise _failure(f"dependency {dep.name} ({namespace}/{name} {ref}) cannot be "
-                               f"built here: {e.message}") from None
+                unbuildable(f"dependency {dep.name} ({namespace}/{name} {ref}) cannot be "
+                            f"built here: {e.message}")
+                continue
             entry = entries[0]
             dependency_id = entry["build_id"]
             if entry["status"] == "queued" and not entry["coalesced"] \
@@ -161,3 +172,17 @@ async def fail_dependents(pool: aiopg.Pool, config: Config, build_id: str) -> li
     for dependent in failed:
         log.info("build %s failed: a dependency failed", dependent)
     return failed
+
+
+async def sweep(pool: aiopg.Pool, config: Config) -> list[str]:
+    """Put right the waiting builds no follow-up reached (a process died between a
+    dependency's end and its follow-up, a dependency was cancelled or superseded);
+    return the ids released to the queue."""
+    async with cursor(pool) as cur:
+        released, failed = await store.sweep_waiting(cur)
+    for build_id in released:
+        log.warning("build %s: its dependencies were built meanwhile; back in the queue",
+                    build_id)
+    for dependency_id in failed:
+        await fail_dependents(pool, config, dependency_id)
+    return released

@@ -83,6 +83,16 @@ def makefile(src: Path, resolved: list[Resolved]) -> None:
     if data and not data.endswith(b"\n"):
         data += b"\n"
     _replace(src / "Makefile", data + "\n".join(lines).encode() + b"\n")
+    # enot takes an erlang.mk pin for a branch, and a branch dependency it has fetched
+    # for a branch it looks up by its lock only (without one it builds the dependency
+    # again from what it fetched, and fails): lock each to the ref built here.
+    locks = {fullname(dep.clone_url): dep.ref for dep in resolved}
+    _replace(src / "enot_locks.json", json.dumps(locks, indent=2, sort_keys=True).encode())
+
+
+def fullname(url: str) -> str:
+    """The name enot files a dependency under: the URL's last two parts."""
+    return "/".join(url.rstrip("/").removesuffix(".git").split("/")[-2:])
 
 
 def _atom(text: str) -> str:
