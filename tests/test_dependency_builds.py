@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from . import projects
-from .conftest import settled
+from .conftest import GATE, open_gate, settled, wait_for_status
 from .test_enot_client import client_config, enot, enot_home  # noqa: F401 (a fixture)
 from .test_resolve import HexStandIn
 
@@ -184,3 +184,37 @@ async def test_enot_installs_a_package_with_dependencies_and_a_project_starts(
     started, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, started
     assert started.decode().strip().endswith("pong"), started
+
+
+async def test_waiting_is_visible_in_the_queue_the_page_and_the_log(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    make_repo("tester/gated", projects.enot_project("gated", prebuild=[GATE]))
+    make_repo("tester/needs", projects.enot_project(
+        "needs", deps=[{"name": "gated", "url": "https://github.com/tester/gated",
+                        "tag": "1.0.0"}], body="hi() -> gated:hi()."))
+    client = await server(make_client, repos_dir)
+    r = await client.post("/buildAsync", json={"full_name": "tester/needs",
+                                               "clone_url": "https://github.com/tester/needs",
+                                               "versions": [{"ref": "1.0.0"}]})
+    needs_id = (await r.json())["response"][0]["build_id"]
+    await wait_for_status(client, needs_id, ("waiting",))
+    gated_id = builds_by_name(db_conn)["gated"]
+    await wait_for_status(client, gated_id, ("running",))
+    waiting_for = f"waiting for tester/gated 1.0.0 (Erlang {ERL})"
+
+    queue = (await (await client.get("/queue")).json())["response"]
+    assert (queue["running"], queue["queued"], queue["waiting"]) == (1, 0, 1), queue
+    assert [(b["full_name"], b["status"], b["message"]) for b in queue["builds"]] == [
+        ("tester/gated", "running", ""), ("tester/needs", "waiting", waiting_for)]
+    text = await (await client.get("/ui/queue")).text()
+    assert "<strong>1</strong> waiting for dependencies" in text
+    assert f'href="/ui/builds/{needs_id}">waiting</a>' in text.split('id="waiting"')[1]
+    page = await (await client.get(f"/ui/builds/{needs_id}")).text()
+    assert f'<dd id="message">{waiting_for}</dd>' in page, page
+    assert f'href="/ui/builds/{gated_id}">running</a>' in page.split('id="dependencies"')[1]
+    log = await (await client.get("/build_log", params={"build_id": needs_id})).text()
+    assert f"WAITING: {waiting_for} (build {gated_id})" in log, log
+
+    open_gate(client, gated_id)
+    done = await wait_for_status(client, needs_id, ("succeeded", "failed"), timeout=180)
+    assert done["status"] == "succeeded", done["message"]
