@@ -238,27 +238,32 @@ class Builder:
             raise BuildFailure(f"Erlang/OTP {erl_version} is not installed on this server "
                                f"(installed: {installed})")
 
-        # 3. Its dependencies: resolved here, built first (the build waits for them).
+        # 3. What enot will need, written while nothing of the package has run yet (from
+        # the next step on, its code may have planted links in the work directory).
         await off_loop(adapt_project, src, build["name"], build_log)
-        resolved = await self._dependencies(build, hooks, work_dir, root, src_rel, erlang,
-                                            erl_version, config, build_log, deadline)
-        if isinstance(resolved, Waiting):
-            return Outcome(False, "waiting for " + ", ".join(resolved.dependencies),
-                           waiting=True)
-        config = await off_loop(package_config, src)  # its deps may be pinned now
-
-        # 4. enot.
-        dependencies = has_dependencies(config) or bool(resolved)
+        # Only a package with nothing to depend on goes without the cache (resolved
+        # dependencies are always among what this says).
+        dependencies = has_dependencies(config)
         # A sandboxed build never reaches this server's HTTP port (it is not on the
         # host's network, network or not): the cache comes through a relay to its socket.
         relay = dependencies and self.cache_socket is not None and self.sandbox.isolated
         cache_url = f"http://127.0.0.1:{cache_relay.PORT}" if relay else self.config.public_url
         self._write_enot_config(work_dir, root, erl_version, cache_url if dependencies else None)
+        if relay:
+            shutil.copyfile(cache_relay.__file__, work_dir / "home" / "cache_relay.py")
+
+        # 4. Its dependencies: resolved here, built first (the build waits for them).
+        resolved = await self._dependencies(build, hooks, work_dir, root, src_rel, erlang,
+                                            erl_version, config, build_log, deadline)
+        if isinstance(resolved, Waiting):
+            return Outcome(False, "waiting for " + ", ".join(resolved.dependencies),
+                           waiting=True)
+
+        # 5. enot.
         argv = [str(self.toolchain.enot), "package", "-l", "info"]
         sockets: tuple[tuple[Path, str], ...] = ()
         if relay:
             assert self.cache_socket is not None
-            shutil.copyfile(cache_relay.__file__, work_dir / "home" / "cache_relay.py")
             sockets = ((self.cache_socket, cache_relay.SOCKET),)
             argv = ["sh", "-c", RELAY_THEN_EXEC, "enot-with-cache-relay", *argv]
         await asyncio.to_thread(self._hand_over, work_dir)
@@ -278,7 +283,7 @@ class Builder:
             raise BuildFailure(f"enot package failed (exit status {step.returncode})",
                                see_log=True)
 
-        # 5. Keep the artifact.
+        # 6. Keep the artifact.
         return await asyncio.to_thread(self._store_artifact, build, src, resolved)
 
     async def _dependencies(self, build: dict[str, Any], hooks: BuildHooks, work_dir: Path,
@@ -294,6 +299,9 @@ class Builder:
                 argv, work_dir=work_dir, cwd=cwd, erlang=erlang, network=network,
                 env={"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0",
                      "GIT_ASKPASS": "/bin/true", "GIT_CONFIG_NOSYSTEM": "1",
+                     # URL rewrites are applied before; nothing of the work
+                     # directory's (the package's code ran) configures git.
+                     "GIT_CONFIG_GLOBAL": "/dev/null",
                      "ERL_AFLAGS": "", "ERL_FLAGS": ""},
                 read_only=self._local_sources(url))
             await asyncio.to_thread(self._hand_over, work_dir)

@@ -218,3 +218,28 @@ async def test_waiting_is_visible_in_the_queue_the_page_and_the_log(
     open_gate(client, gated_id)
     done = await wait_for_status(client, needs_id, ("succeeded", "failed"), timeout=180)
     assert done["status"] == "succeeded", done["message"]
+
+
+async def test_package_code_cannot_turn_the_dependency_step_against_the_server(
+        make_client: Any, make_repo: Any, repos_dir: Path, db_conn: Any) -> None:
+    """rebar.config.script is the package's code, run before the server reads and writes
+    in the work directory and before `git ls-remote` runs with network: a git
+    configuration it leaves is not used there, and a directory it swaps for a link
+    fails the build instead of leading the server's writes elsewhere."""
+    make_repo("tester/moved", projects.rebar_project("moved"), tag=None, branch="stable")
+    dep = '{moved, {git, "https://github.com/tester/moved", {branch, "stable"}}}'
+    # Were this ~/.gitconfig read, the mirror would be looked for where nothing is.
+    planted = rebar_app("planter", dep, "moved:answer()")
+    planted["rebar.config.script"] = (
+        'ok = file:write_file("/build/home/.gitconfig", <<"[url \\"file:///nonexistent/\\"]\\n'
+        '\\tinsteadOf = file:///\\n">>),\nCONFIG.\n')
+    make_repo("tester/planter", planted)
+    swapped = rebar_app("swapper", dep, "moved:answer()")
+    swapped["rebar.config.script"] = (
+        'ok = file:rename("/build/home", "/build/elsewhere"),\n'
+        'ok = file:make_symlink("/build/elsewhere", "/build/home"),\nCONFIG.\n')
+    make_repo("tester/swapper", swapped)
+    client = await server(make_client, repos_dir)
+    await build(client, "tester/planter")
+    done = await build(client, "tester/swapper", status=422)
+    assert done["message"] == "the build replaced home/ with a link; refusing it", done

@@ -21,6 +21,7 @@ and replaced by a new file renamed over them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,7 +37,26 @@ MAX_FILE_BYTES = 1024 * 1024
 MAKE_WORD = re.compile(r"[A-Za-z0-9_.:/@%+=~-]+")
 
 
-def _read(path: Path) -> bytes:
+def confined(directory: Path) -> None:
+    """Refuse a directory of the build's that is not where it was: the package's code
+    (rebar.config.script) ran before we read or write there, as the build's user, and
+    could have replaced it with a link to somewhere of the server's."""
+    if os.path.realpath(directory) != str(directory):
+        raise BuildFailure(f"the build replaced {directory.name}/ with a link; refusing it",
+                           stage=Stage.DEPENDENCIES)
+
+
+def create(path: Path, data: bytes) -> None:
+    """A new file in a confined directory, never through a link (O_EXCL, O_NOFOLLOW)."""
+    confined(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def read(path: Path) -> bytes:
+    """A file of the build's, from a confined directory, not through a link."""
+    confined(path.parent)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
@@ -50,10 +70,10 @@ def _read(path: Path) -> bytes:
 
 def _replace(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.enot-builder")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.rename(temporary, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # unlink never follows a link
+    create(temporary, data)
+    os.rename(temporary, path)  # rename replaces a link, never writes through it
 
 
 def enot_config(src: Path, config: dict[str, Any], resolved: list[Resolved]) -> None:
@@ -79,7 +99,7 @@ def makefile(src: Path, resolved: list[Resolved]) -> None:
                                "written into a Makefile", stage=Stage.DEPENDENCIES)
         lines.append(f"dep_{dep.name} = git {dep.clone_url} {dep.ref}")
         lines.append(f"dep_{dep.name}_commit = {dep.ref}")
-    data = _read(src / "Makefile")
+    data = read(src / "Makefile")
     if data and not data.endswith(b"\n"):
         data += b"\n"
     _replace(src / "Makefile", data + "\n".join(lines).encode() + b"\n")

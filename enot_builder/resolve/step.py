@@ -28,7 +28,6 @@ from .registry import Registry
 from .resolver import Resolver, parse_ls_remote
 
 ESCRIPT = Path(__file__).with_name("rebar_deps.escript")
-MAX_OUTPUT_BYTES = 1024 * 1024
 LS_REMOTE_TIMEOUT = 120
 
 # Runs a command in the build's sandbox: argv, network or not, the URL whose local
@@ -49,12 +48,13 @@ def _failure(message: str, see_log: bool = False) -> BuildFailure:
 
 
 def _read(path: Path) -> bytes | None:
+    """A file of the build's (None when it cannot be read); a directory swapped for a
+    link fails the build."""
+    rewrite.confined(path.parent)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        return rewrite.read(path)
+    except BuildFailure:
         return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read(MAX_OUTPUT_BYTES + 1)[:MAX_OUTPUT_BYTES]
 
 
 class DependencyStep:
@@ -78,6 +78,7 @@ class DependencyStep:
 
     async def __call__(self, package_config: dict[str, Any] | None, record: Record,
                        recorded: dict[str, Resolved]) -> list[Resolved] | Waiting:
+        rewrite.confined(self.src)
         kind = declared.project_kind({entry.name for entry in os.scandir(self.src)
                                       if entry.is_file(follow_symlinks=False)})
         found = await self.declared(kind, package_config)
@@ -129,8 +130,11 @@ class DependencyStep:
         argv = ["git", *self.git_config(actual), "ls-remote", "--", actual]
         self.build_log.line(f"git ls-remote {url}" + (f" (rewritten to {actual})"
                                                      if actual != url else ""))
+        # In "/" (read-only, no repository there) and without the build's ~/.gitconfig
+        # (the run's environment): the package's code ran before, and could have left a
+        # git configuration that runs commands, here where there is network.
         step = await self.run(argv, network=not actual.startswith("file://"), url=actual,
-                              cwd=self.root, timeout=LS_REMOTE_TIMEOUT, log=False)
+                              cwd="/", timeout=LS_REMOTE_TIMEOUT, log=False)
         if step.timed_out:
             raise BuildFailure(f"git ls-remote {url} did not finish within {LS_REMOTE_TIMEOUT} s",
                                retryable=True, stage=Stage.DEPENDENCIES)
@@ -148,7 +152,7 @@ class DependencyStep:
             await self.parse(rewrite.makefile, self.src, resolved)
         elif kind == declared.REBAR:
             terms = self.work_dir / "home" / "resolved_deps.terms"
-            terms.write_text(rewrite.terms_file(resolved))
+            await self.parse(rewrite.create, terms, rewrite.terms_file(resolved).encode())
             step = await self.run(["escript", f"{self.root}/home/{ESCRIPT.name}", "rewrite",
                                    f"{self.root}/{self.src_rel}", f"{self.root}/home/{terms.name}"],
                                   network=False, cwd=f"{self.root}/{self.src_rel}")
