@@ -324,7 +324,8 @@ class Builder:
                               registry=self.registry, build_log=build_log,
                               git_config=git_config, parse=off_loop, check_url=self._check_url,
                               rewrite_url=lambda url: rewrite_url(url, self.config.git.rewrites))
-        recorded = await hooks.dependencies_recorded() if hooks.dependencies_recorded else {}
+        async def recorded() -> dict[str, Any]:
+            return await hooks.dependencies_recorded() if hooks.dependencies_recorded else {}
 
         async def record(resolved: list[Any]) -> list[str]:
             if hooks.dependencies_resolved is None:

@@ -25,7 +25,7 @@ from . import dependencies, mail, store
 from .builder import Builder
 from .config import Config
 from .db import cursor
-from .domain import BuildFailure, BuildHooks, Outcome
+from .domain import BuildFailure, BuildHooks, Outcome, Stage
 from .outcomes import OutcomeFiles
 from .resolve import graph
 from .retry import backoff, retry_delay
@@ -308,6 +308,18 @@ class BuildQueue:
                 await asyncio.sleep(DB_RETRY_SECONDS)
         return False
 
+    async def _riding_out(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """A database call a running build needs the answer of: tried again through an
+        outage of up to a minute (as _write), then the build fails, to be retried."""
+        for attempt in range(1, DB_WRITE_TRIES + 1):
+            try:
+                return await call()
+            except (psycopg2.Error, OSError) as e:
+                log.warning("database call failed (try %d): %s", attempt, e)
+                await asyncio.sleep(DB_RETRY_SECONDS)
+        raise BuildFailure(f"the database was unavailable while {what}", retryable=True,
+                           stage=Stage.DEPENDENCIES)
+
     async def _requeue(self, build: dict[str, Any]) -> None:
         build_id = str(build["id"])
         if await self._write(lambda cur: store.requeue_build(cur, build_id,
@@ -413,13 +425,15 @@ class BuildQueue:
 
         async def dependencies_resolved(resolved: list[Any], erl_version: str,
                                         note: Callable[[str], None]) -> list[str]:
-            unmet = await graph.wait_for(self.pool, self.config, build, erl_version, resolved,
-                                         worker=build["worker"], note=note)
+            unmet = await self._riding_out(lambda: graph.wait_for(
+                self.pool, self.config, build, erl_version, resolved, worker=build["worker"],
+                note=note), "recording the dependencies")
             self.wake(len(unmet))
             return [graph.describe(row) + f" (build {row['id']})" for row in unmet]
 
         async def dependencies_recorded() -> dict[str, Any]:
-            return await graph.recorded(self.pool, build_id)
+            return await self._riding_out(lambda: graph.recorded(self.pool, build_id),
+                                          "reading the dependencies resolved before")
 
         return BuildHooks(log_opened, source_known, releases_known, dependencies_resolved,
                           dependencies_recorded)

@@ -77,7 +77,8 @@ class DependencyStep:
         self.parse = parse
 
     async def __call__(self, package_config: dict[str, Any] | None, record: Record,
-                       recorded: dict[str, Resolved]) -> list[Resolved] | Waiting:
+                       recorded: Callable[[], Awaitable[dict[str, Resolved]]]
+                       ) -> list[Resolved] | Waiting:
         rewrite.confined(self.src)
         kind = declared.project_kind({entry.name for entry in os.scandir(self.src)
                                       if entry.is_file(follow_symlinks=False)})
@@ -88,7 +89,7 @@ class DependencyStep:
         self.build_log.line(f"dependencies declared in {kind}: "
                             + ", ".join(dep.describe() for dep in found))
         resolver = Resolver(self.ls_remote, self.registry, self.build_log.line)
-        resolved = await resolver.resolve(found, recorded)
+        resolved = await resolver.resolve(found, await recorded())
         missing = await record(resolved)
         if missing:
             self.build_log.line("waiting for dependencies to be built first: "
