@@ -27,6 +27,11 @@ MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 MIGRATION_LOCK = 0x656E6F74
 
 
+# What the driver raises when a statement or the connection fails: the core catches
+# it by this name, so that only this module and store.py know the driver.
+DatabaseError = psycopg2.Error
+
+
 class SchemaError(Exception):
     pass
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .files import publish
+from .layout import publish
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ import aiopg
 import psycopg2
 
 from . import dependencies, mail, store
-from .builder import Builder
+from .build import Builder
 from .config import Config
 from .db import cursor
-from .domain import BuildFailure, BuildHooks, Outcome, Stage
+from .domain import Build, BuildFailure, BuildHooks, Outcome, Stage
+from .layout import Layout
 from .outcomes import OutcomeFiles
 from .resolve import graph
 from .retry import backoff, retry_delay
@@ -62,7 +63,7 @@ class BuildQueue:
         self._changed = asyncio.Event()
         self._in_hand = 0  # builds claimed here and not yet built and followed up
         self.metrics = metrics
-        self.outcomes = OutcomeFiles(config.data_dir / "outcomes")
+        self.outcomes = OutcomeFiles(Layout(config.data_dir).outcomes)
         # Builds whose outcome is known here but not yet in the database.
         self.recording: set[str] = set()
         # /buildSync handlers waiting for builds to end.
@@ -177,7 +178,7 @@ class BuildQueue:
                 build_id = str(build["id"])
                 log.exception("worker %s failed around build %s", worker, build_id)
                 await self._write(lambda cur, build_id=build_id: store.finish_build(
-                    cur, build_id, worker=worker, succeeded=False,
+                    cur, build_id, worker=worker, succeeded=False, failure_stage=Stage.INTERNAL,
                     message="internal error of the build server; it has been logged"), tries=3)
                 self._announce()
             finally:
@@ -188,7 +189,7 @@ class BuildQueue:
         log.info("building %s: %s/%s %s erl=%s", build_id, build["namespace"], build["name"],
                  build["ref"], build["erl_version"] or "(from package)")
         started = time.monotonic()
-        task = asyncio.create_task(self.builder.run(build, self._hooks(build)))
+        task = asyncio.create_task(self.builder.run(Build.from_row(build), self._hooks(build)))
         self._running[build_id] = task
         try:
             outcome = await task
@@ -198,7 +199,8 @@ class BuildQueue:
                 # The watchdog stopped this build, not a shutdown: it has failed.
                 outcome = Outcome(False, "stopped by the watchdog: still running "
                                          f"{self.config.builds.watchdog_margin} s past its "
-                                         f"time limit of {self.config.builds.timeout} s")
+                                         f"time limit of {self.config.builds.timeout} s",
+                                  stage=Stage.INTERNAL)
             else:
                 # Shutdown after the grace period: the cancellation reached the build
                 # too, which stops its subprocess; let it clean up, then requeue it.
@@ -209,7 +211,8 @@ class BuildQueue:
                 raise
         except Exception:
             log.exception("build %s crashed", build_id)
-            outcome = Outcome(False, "internal error of the build server; it has been logged")
+            outcome = Outcome(False, "internal error of the build server; it has been logged",
+                              stage=Stage.INTERNAL)
         finally:
             self._running.pop(build_id, None)
             self._killed.discard(build_id)
@@ -280,7 +283,7 @@ class BuildQueue:
                             log.error("watchdog: build %s of another process ran past %d s; "
                                       "marking it failed", build_id, limit)
                             await store.finish_build(
-                                cur, build_id, succeeded=False,
+                                cur, build_id, succeeded=False, failure_stage=Stage.INTERNAL,
                                 message=f"stopped by the watchdog: no result {limit} s after "
                                         "it started")
                 # Waiting builds a dead process or a cancel left behind (rare; cheap).
@@ -386,7 +389,9 @@ class BuildQueue:
             log.warning("replayed the end of build %s kept by a previous process%s", build_id,
                         "" if written else " (it had been recorded or moved on already)")
             if written and "outcome" in record and build is not None:
-                ended.append((build, Outcome(**record["outcome"])))
+                outcome = Outcome(**record["outcome"])
+                outcome.stage = Stage(outcome.stage) if outcome.stage else None
+                ended.append((build, outcome))
             await asyncio.to_thread(self.outcomes.drop, build_id)
         return ended
 
@@ -419,7 +424,7 @@ class BuildQueue:
 
             if not await self._write(split):
                 raise BuildFailure("the database was unavailable while choosing the Erlang "
-                                   "releases", retryable=True)
+                                   "releases", retryable=True, stage=Stage.RELEASE)
             self.wake(len(rest))
             return first
 
@@ -451,4 +456,4 @@ async def _apply(cur: aiopg.Cursor, record: dict[str, Any]) -> bool:
         cur, record["build_id"], worker=record["worker"], succeeded=outcome["succeeded"],
         message=outcome["message"], artifact_path=outcome["artifact_path"],
         artifact_name=outcome["artifact_name"], artifact_sha256=outcome["artifact_sha256"],
-        artifact_size=outcome["artifact_size"])
+        artifact_size=outcome["artifact_size"], failure_stage=outcome.get("stage"))

@@ -8,7 +8,7 @@
 ALTER TYPE build_status ADD VALUE IF NOT EXISTS 'waiting' AFTER 'queued';
 
 -- Where a dependency build stands in the tree of the build that first needed it: the
--- tree is bounded in depth and in size (dependency_graph.py), and these make both
+-- tree is bounded in depth and in size (resolve/graph.py), and these make both
 -- checks one lookup. A build somebody asked for is its own root, at depth 0 (NULL root).
 ALTER TABLE builds ADD COLUMN dependency_root uuid REFERENCES builds (id) ON DELETE SET NULL,
                    ADD COLUMN dependency_depth integer NOT NULL DEFAULT 0;

@@ -234,7 +234,7 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
                                                "clone_url": url,
                                                "versions": [{"ref": "1.0.0"}]})
     build_id = (await r.json())["response"][0]["build_id"]
-    log_path = client.server.app[BUILDER].log_path(build_id)
+    log_path = client.server.app[BUILDER].layout.log_file(build_id)
     # Inside enot, held at the gate: past every write the build makes before compiling
     # (its log, its commit, its Erlang release), so the outage meets only its end.
     await eventually(lambda: log_path.exists() and "enot package with" in log_path.read_text(),

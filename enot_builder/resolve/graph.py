@@ -30,8 +30,7 @@ from .. import store, validation
 from ..build_requests import BY_DEPENDENCY, PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
 from ..config import Config
 from ..db import cursor
-from ..domain import BuildFailure, Stage
-from ..errors import ApiError
+from ..domain import BuildFailure, DomainError, Stage
 from . import MAX_DEPTH, MAX_TREE, Resolved
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ async def wait_for(pool: aiopg.Pool, config: Config, build: dict[str, Any], erl_
             clone_url = validation.clone_url(dep.clone_url, config.git, config.data_dir)
             ref = validation.ref(dep.ref)
             namespace, name = validation.repository_of(clone_url, "dependency")
-        except ApiError as e:
+        except DomainError as e:
             unbuildable(f"dependency {dep.name} ({dep.clone_url} {dep.ref}) cannot be built "
                         f"here: {e.message}")
             continue
@@ -100,7 +99,7 @@ async def wait_for(pool: aiopg.Pool, config: Config, build: dict[str, Any], erl_
                         namespace, name, clone_url, [validation.VersionRequest(ref, erl_version)],
                         notify_email=False, requested_by=f"dependency of {parent}",
                         priority=PRIORITY_DEPENDENCY, bound_by=BY_DEPENDENCY))
-            except ApiError as e:
+            except DomainError as e:
                 unbuildable(f"dependency {dep.name} ({namespace}/{name} {ref}) cannot be "
                             f"built here: {e.message}")
                 continue

@@ -18,14 +18,16 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from ..buildlog import BuildLog
 from ..domain import BuildFailure, Stage
 from ..process import StepResult
 from . import Resolved, declared, rewrite
-from .registry import Registry
 from .resolver import Resolver, parse_ls_remote
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 ESCRIPT = Path(__file__).with_name("rebar_deps.escript")
 LS_REMOTE_TIMEOUT = 120

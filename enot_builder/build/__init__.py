@@ -1,0 +1,6 @@
+"""A build in steps: source, project, releases, dependencies, compile, artifact
+(builder.py runs them)."""
+
+from .builder import Builder
+
+__all__ = ["Builder"]
