@@ -12,14 +12,26 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import connections, db, pgcluster, reachability, toolchains
+from . import connections, db, pgcluster, reachability, signing, toolchains
 from .api import pages
 from .build import Builder
 from .cache_socket import cache_socket
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
-from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, STORAGE, TOOL_VERSIONS, TOOLCHAIN
+from .keys import (
+    BUILDER,
+    CONFIG,
+    ERTS,
+    MAILER,
+    METRICS,
+    POOL,
+    QUEUE,
+    SIGNING,
+    STORAGE,
+    TOOL_VERSIONS,
+    TOOLCHAIN,
+)
 from .layout import Layout
 from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
@@ -107,6 +119,11 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     layout = Layout(config.data_dir)
     app[BUILDER] = Builder(config, found, Sandbox(config.builds, found, protected=(config.data_dir,)),
                            layout, app[STORAGE], app[METRICS])
+    # The key that signs every build's provenance: made on the first start (mode 0600)
+    # unless configured; a key that cannot be read stops the server here.
+    app[SIGNING] = await asyncio.to_thread(signing.load, config.data_dir, config.signing.key_file,
+                                           config.signing.previous_public_keys)
+    app[BUILDER].signing_key = app[SIGNING]
     app[ERTS] = ErtsCache(layout, app[STORAGE])
     yield
 

@@ -51,6 +51,8 @@ class BuildRequest:
     delivery: Delivery | None = None
     # Only a rebuild builds a tag again that already has a successful build.
     rebuild: bool = False
+    # A rebuild that checks reproducibility: the build it makes again.
+    verify_of: str | None = None
 
 
 class Duplicate(Exception):
@@ -72,13 +74,14 @@ async def queue_in_transaction(cur: aiopg.Cursor, request: BuildRequest) -> list
             cur, repository_id=repository["id"], ref=version.ref,
             erl_version=version.erl_version, priority=request.priority,
             requested_by=request.requested_by, notify_email=request.notify_email,
-            reuse_success=not request.rebuild)
+            reuse_success=not request.rebuild, verify_of=request.verify_of)
         # Joined or answered builds belong to this request too: its report covers them.
         await store.link_build(cur, request_id, row["id"])
         queued.append({"build_id": row["id"], "full_name": full_name, "ref": version.ref,
                        "erl_version": version.erl_version, "status": row["status"],
                        "coalesced": row["how"] == "coalesced",
                        "existing": row["how"] == "existing",
+                       "verify_of": row.get("verify_of"),
                        "queue_position": await store.queue_position(cur, row["id"])})
     return queued
 

@@ -1,4 +1,4 @@
-"""enot-builder serve | migrate | check | webhook-secret OWNER/REPO."""
+"""enot-builder serve | migrate | check | webhook-secret OWNER/REPO | verify PACKAGE.ep."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from . import (
     reachability,
     toolchains,
     validation,
+    verify,
 )
 from . import config as config_module
 from .app import create_app, drain
@@ -29,6 +30,7 @@ from .domain import InvalidInput
 from .keys import CONFIG
 from .layout import Layout
 from .sandbox import Sandbox, SandboxError
+from .signing import SigningError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                                  help="print the webhook secret of one GitHub repository")
     secret.add_argument("repository", metavar="OWNER/REPO")
     secret.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    verify.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "verify":  # a user's offline check: no configuration, no logging
+        return verify.main(args)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_flood.install()
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"serve": serve, "migrate": migrate, "check": check}[args.command](config)
     except (db.SchemaError, pgcluster.ClusterError, reachability.ReachabilityError,
-            SandboxError) as e:
+            SandboxError, SigningError) as e:
         print(f"enot-builder: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:

@@ -43,12 +43,24 @@ class ServerConfig:
     shutdown_grace: int = 20
     # GET /badge: "svg" draws the badge here, "shields" redirects to img.shields.io.
     badge_style: str = "svg"
+    # Bearer token of the operator's endpoints (POST /retire, /unretire); empty: off.
+    admin_token: str = ""
 
 
 @dataclass
 class StorageConfig:
     # Holds artifacts/, logs/, work/, erts/ and, without a DSN, the private cluster pg/.
     data_dir: str = "data"
+
+
+@dataclass
+class SigningConfig:
+    # The Ed25519 private key (PEM, mode 0600) that signs provenance; empty: the one
+    # made on first start under data_dir/signing/.
+    key_file: str = ""
+    # Public keys (PEM files) of earlier signing keys, still served by GET /keys after
+    # a rotation so that older statements verify.
+    previous_public_keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +165,7 @@ class Config:
     github: GithubConfig = field(default_factory=GithubConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     dependencies: DependenciesConfig = field(default_factory=DependenciesConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
 
     @property
     def data_dir(self) -> Path:

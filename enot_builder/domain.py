@@ -129,6 +129,10 @@ class Outcome:
     # Not an end: the build waits for its dependencies (it is `waiting` already) and
     # runs again once they are built.
     waiting: bool = False
+    # A success's signed provenance and SBOM: storage keys, and the signing key's id.
+    provenance_key: str | None = None
+    sbom_key: str | None = None
+    signing_key_id: str | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .mail import Mailer
     from .metrics import Metrics
     from .queue import BuildQueue
+    from .signing import SigningKey
     from .storage import Storage
     from .toolchains import Toolchain
 
@@ -35,3 +36,4 @@ TOOL_VERSIONS: web.AppKey[dict[str, Any]] = web.AppKey("tool_versions")
 CACHE_SOCKET: web.AppKey[Path] = web.AppKey("cache_socket", Path)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
+SIGNING: web.AppKey[SigningKey] = web.AppKey("signing")

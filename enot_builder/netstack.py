@@ -59,7 +59,7 @@ STOP_GRACE = 5.0
 ERROR_TAIL = 2000
 # Tries of setting the prohibit routes (_prohibit_host_addresses); `replace`, so a
 # try after a partial one is no error.
-PROHIBIT_TRIES = 3
+PROHIBIT_TRIES = 6
 
 
 class NetworkError(Exception):
@@ -147,21 +147,29 @@ class StepNetwork:
             said = self._errors.decode(errors="replace").strip().splitlines()
             raise NetworkError("slirp4netns did not bring the network up"
                                + (f": {said[-1]}" if said else ""))
-        await self._prohibit_host_addresses(userns, netns)
+        await self._prohibit_host_addresses(userns, netns, pid)
         for fd in (netns, userns):
             self._close(fd)
         os.write(self._block_w, b"1")  # the go-ahead: the step runs from here
 
-    async def _prohibit_host_addresses(self, userns: int, netns: int) -> None:
+    async def _prohibit_host_addresses(self, userns: int, netns: int, pid: int) -> None:
         """Route the host's own addresses nowhere, inside the step's namespace.
 
-        Tried PROHIBIT_TRIES times: once in several hundred steps under CI, `ip` was
-        refused (EPERM) although slirp4netns, as the same user, had just configured the
-        same namespace; the cause is not understood, and the step has not started yet.
+        Tried PROHIBIT_TRIES times, waiting longer each time: once in several hundred
+        steps under CI, and far more often on a machine loaded with other test runs,
+        `ip` was refused (EPERM) although slirp4netns, as the same user, had just
+        configured the same namespace. The cause is not understood; that it comes with
+        load suggests a race with bubblewrap's setup, which a longer wait outlasts. The
+        step has not started yet, so waiting costs nothing but time.
         """
         routes = "".join(f"route replace prohibit {address}/32\n" for address in host_addresses())
         if not routes:
             return
+        # `ip` keeps the capabilities nsenter gained in the namespace's user namespace
+        # only if it runs there as uid 0 (an exec drops them otherwise), and bubblewrap
+        # writes that mapping from inside the sandbox, after reporting the sandbox's pid:
+        # wait for it (slirp4netns needs no wait: it does not exec after entering).
+        await _mapped(pid)
         for attempt in range(1, PROHIBIT_TRIES + 1):
             proc = await asyncio.create_subprocess_exec(
                 *self.run_as, "nsenter", f"--user=/proc/self/fd/{userns}",
@@ -174,10 +182,11 @@ class StepNetwork:
             if proc.returncode == 0:
                 return
             said = output.decode(errors="replace").strip()[-ERROR_TAIL:]
+            said += f" (uid_map of the sandbox: {_uid_map(pid)!r})"
             if attempt == PROHIBIT_TRIES:
                 raise NetworkError(f"cannot keep the host's own addresses out of the sandbox: {said}")
             log.warning("ip in a step's network namespace failed (try %d): %s", attempt, said)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(min(2.0, 0.25 * 2 ** (attempt - 1)))
 
     async def _collect_errors(self) -> None:
         assert self._slirp is not None and self._slirp.stderr is not None
@@ -229,6 +238,22 @@ class StepNetwork:
         if fd in self._fds:
             self._fds.discard(fd)
             os.close(fd)
+
+
+async def _mapped(pid: int) -> None:
+    """Return once the user namespace of the sandbox's process `pid` maps a uid (its
+    uid_map is written once, by bubblewrap), or the process is gone; the caller's
+    timeout bounds the wait. Polled: the kernel offers no event for it."""
+    while (written := _uid_map(pid)) is not None and not written:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+def _uid_map(pid: int) -> str | None:
+    """The uid_map of process `pid`, stripped; None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/uid_map").read_text().strip()
+    except OSError:
+        return None
 
 
 def host_addresses() -> list[str]:

@@ -100,19 +100,33 @@ BUILD_RESULT = _obj(
     build_id=UUID, full_name=STRING, ref=STRING, erl_version=NULLABLE_STRING,
     result={"type": "boolean"}, status=STRING, message=NULLABLE_STRING,
     artifact_path=NULLABLE_STRING, log=STRING, attempts={"type": "integer"})
+# The extra keys of listings (issue 12): the package's sha256, whether the entry is
+# its version's current build, whether a rebuild reproduced it (null: not checked),
+# and the version's retirement.
+SHA256 = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
+TRUST = {"sha256": SHA256, "current": {"type": "boolean"},
+         "reproducible": {"type": ["boolean", "null"]}, "retired": {"type": "boolean"},
+         "retired_reason": NULLABLE_STRING}
 PACKAGE_BUILD = _obj(
     ["build_id", "namespace", "name", "success", "path", "build_date", "version", "erl_version"],
     build_id=UUID, namespace=STRING, name=STRING, success={"type": "boolean"}, path=STRING,
     build_date=NULLABLE_STRING, version=STRING, erl_version=NULLABLE_STRING,
     stage={"type": ["string", "null"], "description": "a failed build's failing step (/search)",
-           "enum": [*(s.value for s in Stage), None]})
+           "enum": [*(s.value for s in Stage), None]}, **TRUST)
 SUCCESSFUL_BUILD = _obj(
     ["build_id", "result", "message", "artifact_path", "created_date"],
     build_id=UUID, result={"const": True}, message=NULLABLE_STRING, artifact_path=STRING,
     created_date=NULLABLE_STRING, ref=STRING, erl_version=NULLABLE_STRING,
-    sha256=NULLABLE_STRING, size={"type": ["integer", "null"]})
+    size={"type": ["integer", "null"]}, **TRUST)
 VERSION = _obj(["versionId", "ref", "erl_version"], versionId={"type": "integer"}, ref=STRING,
-               erl_version=NULLABLE_STRING)
+               erl_version=NULLABLE_STRING, build_id=UUID, sha256=SHA256,
+               retired={"type": "boolean"}, retired_reason=NULLABLE_STRING)
+# A build by its id, or by the sha256 of the package it made.
+BUILD_OR_SHA256 = {"anyOf": [UUID, {"type": "string", "pattern": "^[0-9a-f]{64}$"}]}
+RETIREMENT = _obj(["full_name", "ref"], full_name=FULL_NAME, ref=REF,
+                  reason={"type": "string", "minLength": 1, "maxLength": 1000})
+OPERATOR = {"401": _error("Unauthorized"), "403": _error("Forbidden"), "400": _error("BadRequest"),
+            "404": _error("NotFound")}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +165,10 @@ PATHS: dict[str, dict[str, Any]] = {
                       "503": _error("Unavailable")}}},
     "/rebuild": {"post": {
         "summary": "Queue a build's repository, tag and Erlang release again",
-        "requestBody": _body(_obj(["build_id"], build_id=UUID)),
+        "description": "With `verify: true` the new build checks reproducibility: it is "
+                       "built in a fresh work directory and clone, records whether its "
+                       "sha256 matched (`reproducible`), and does not replace the build.",
+        "requestBody": _body(_obj(["build_id"], build_id=UUID, verify={"type": "boolean"})),
         "responses": {"202": _ok(QUEUED, "The build queued again"), "400": BAD,
                       "404": _error("NotFound"), "409": _error("Conflict"),
                       "408": BODY_TIMEOUT, "413": TOO_LARGE, "503": _error("Unavailable")}}},
@@ -256,6 +273,37 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "Prometheus metrics",
         "responses": {"200": {"description": "Prometheus or OpenMetrics text",
                               "content": {"text/plain": {"schema": STRING}}}}}},
+    "/provenance/{build_id}": {"get": {
+        "summary": "A build's signed provenance: a DSSE envelope of an in-toto Statement v1 "
+                   "with a SLSA provenance v1 predicate",
+        "parameters": [{"name": "build_id", "in": "path", "required": True,
+                        "schema": BUILD_OR_SHA256,
+                        "description": "a build id, or the sha256 of its package"}],
+        "responses": {"200": _json(_obj(["payloadType", "payload", "signatures"],
+                                        payloadType=STRING, payload=STRING,
+                                        signatures={"type": "array"}), "The envelope"),
+                      "400": BAD, "404": _error("NotFound")}}},
+    "/sbom/{build_id}": {"get": {
+        "summary": "A build's software bill of materials (CycloneDX 1.6 JSON)",
+        "parameters": [{"name": "build_id", "in": "path", "required": True,
+                        "schema": BUILD_OR_SHA256}],
+        "responses": {"200": {"description": "The SBOM", "content": {
+                          "application/vnd.cyclonedx+json": {"schema": {"type": "object"}}}},
+                      "400": BAD, "404": _error("NotFound")}}},
+    "/keys": {"get": {
+        "summary": "The public keys that sign provenance (PEM), the current one first",
+        "responses": {"200": {"description": "PEM public keys, each under a `# key id` line",
+                              "content": {"application/x-pem-file": {"schema": STRING}}}}}},
+    "/retire": {"post": {
+        "summary": "Retire a version (operator: Authorization: Bearer <server.admin_token>)",
+        "requestBody": _body(RETIREMENT),
+        "responses": {"200": _ok({"type": "object"}, "Retired"), **OPERATOR,
+                      "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
+    "/unretire": {"post": {
+        "summary": "Undo a retirement (operator)",
+        "requestBody": _body(_obj(["full_name", "ref"], full_name=FULL_NAME, ref=REF)),
+        "responses": {"200": _ok({"type": "object"}, "No longer retired"), **OPERATOR,
+                      "408": BODY_TIMEOUT, "413": TOO_LARGE}}},
     "/openapi.json": {"get": {
         "summary": "This description",
         "responses": {"200": {"description": "OpenAPI 3.1",
@@ -275,8 +323,10 @@ SPEC: dict[str, Any] = {
                       for name, text in (("BadRequest", "Invalid input; nothing was changed"),
                                          ("NotFound", "No such build"),
                                          ("Conflict", "The full_name is bound to another clone URL"),
-                                         ("Unauthorized", "Unsigned or wrongly signed webhook"),
-                                         ("Forbidden", "Webhooks are disabled (no secret)"),
+                                         ("Unauthorized", "Unsigned or wrongly signed webhook, "
+                                                          "or no operator token"),
+                                         ("Forbidden", "Webhooks (no secret) or operator "
+                                                       "endpoints (no admin_token) are off"),
                                          ("TooLarge", "The request body is over server.max_body_size"),
                                          ("BodyTimeout", "The request body did not arrive within "
                                                          "server.body_timeout"),

@@ -22,6 +22,7 @@ from .api import (
     queue_status,
     request_form,
     toolchain,
+    trust,
     webhook,
 )
 
@@ -44,6 +45,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/download_erts/{version}", toolchain.download_erts)
 
     app.router.add_get("/health", health.health)
+
+    # Trust (issue 12): signed provenance, SBOMs, the signing keys; retirements.
+    app.router.add_get("/provenance/{build_id}", trust.provenance, name="provenance")
+    app.router.add_get("/sbom/{build_id}", trust.sbom, name="sbom")
+    app.router.add_get("/keys", trust.keys, name="keys")
+    app.router.add_post("/retire", trust.retire)
+    app.router.add_post("/unretire", trust.unretire)
 
     app.router.add_get("/openapi.json", openapi.openapi_json)
 

@@ -36,9 +36,15 @@ async def test_search_answers_package_builds(client: TestClient, built: dict[str
         cur.execute("SELECT finished_at FROM builds WHERE id = %s", (build_id,))
         finished_at = cur.fetchone()[0]
     assert finished_at is not None
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT artifact_sha256 FROM builds WHERE id = %s", (build_id,))
+        sha256 = cur.fetchone()[0]
     assert doc == {"build_id": build_id, "namespace": "ns1", "name": "lister", "success": True,
                    "path": f"/download/{build_id}", "build_date": doc["build_date"],
-                   "version": "1.0.0", "erl_version": "25"}
+                   "version": "1.0.0", "erl_version": "25",
+                   # The extra keys of issue 12 (the enot client ignores them).
+                   "sha256": sha256, "current": True, "reproducible": None, "retired": False,
+                   "retired_reason": None}
     assert datetime.datetime.fromisoformat(doc["build_date"]) == finished_at
     r = await client.get("/search", params={"name": "lister", "namespace": "other"})
     assert (await r.json()) == {"result": True, "response": []}
@@ -87,14 +93,18 @@ async def test_get_downloads_newest_matching(client: TestClient, built: dict[str
     old = await client.get(f"/download/{old_id}")
     new = await client.get(f"/download/{new_id}")
     assert old.status == new.status == 200
-    # The two artifacts are two files: their ETags (mtime and size) tell them apart.
-    assert old.headers["ETag"] != new.headers["ETag"]
+    # Two files of the same bytes (the build is reproducible): one ETag, their sha256.
+    assert old.headers["ETag"] == new.headers["ETag"]
+    assert await old.read() == await new.read()
+    r = await client.post("/builds", json={"full_name": "ns1/lister",
+                                           "versions": [{"ref": "1.1.0"}]})
+    assert [b["build_id"] for b in (await r.json())["response"]] == [new_id]
 
     r = await client.post("/get", json={"full_name": "ns1/lister",
                                         "versions": [{"ref": "1.1.0", "erl_version": "25"}]})
     assert r.status == 200, await r.text()
     assert r.headers["Content-Disposition"] == 'attachment; filename="lister.ep"'
-    assert r.headers["ETag"] == new.headers["ETag"], "not the newest build of 1.1.0"
+    assert r.headers["ETag"] == new.headers["ETag"]
     assert await r.read() == await new.read()
     # The other tag still answers its own (only) build.
     r = await client.post("/get", json={"full_name": "ns1/lister",

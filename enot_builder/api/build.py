@@ -10,7 +10,7 @@ from .. import store, submission, validation
 from ..build_requests import BuildRequest
 from ..db import cursor
 from ..domain import NotFound
-from ..errors import envelope, error_response
+from ..errors import ApiError, envelope, error_response
 from ..keys import CONFIG, POOL, QUEUE, TOOLCHAIN
 from . import links
 
@@ -88,19 +88,27 @@ def _result(app: web.Application, build: dict[str, Any]) -> dict[str, Any]:
 async def rebuild(request: web.Request) -> web.Response:
     body = await validation.json_body(request)
     build_id = validation.build_id(body.get("build_id"))
-    return envelope(await queue_again(request.app, build_id), status=202)
+    verify = validation.boolean(body, "verify", default=False)
+    return envelope(await queue_again(request.app, build_id, verify), status=202)
 
 
-async def queue_again(app: web.Application, build_id: str) -> list[dict[str, Any]]:
+async def queue_again(app: web.Application, build_id: str,
+                      verify: bool = False) -> list[dict[str, Any]]:
     """A build's repository, tag and release queued again (POST /rebuild, and the
-    Rebuild button of the build page)."""
+    Rebuild button of the build page). With `verify`, the new build checks that the
+    tag gives the same bytes again (in a work directory and clone of its own) and
+    does not replace the build it checks."""
     async with cursor(app[POOL]) as cur:
         build = await store.get_build(cur, build_id)
     if build is None:
         raise NotFound(f"No such build: {build_id}")
+    if verify and build["status"] != "succeeded":
+        raise ApiError(409, f"Build {build_id} has not succeeded (status: {build['status']}): "
+                            "there are no bytes to check against")
     versions = [validation.VersionRequest(build["ref"], build["erl_version"])]
     return await submit(app, BuildRequest(
         build["namespace"], build["name"], build["clone_url"], versions,
-        notify_email=build["notify_email"], requested_by="rebuild", rebuild=True,
+        notify_email=build["notify_email"], requested_by="verify" if verify else "rebuild",
+        rebuild=True, verify_of=build_id if verify else None,
         # Anybody may ask for a rebuild: it is nobody's word on whose the name is.
         bound_by=build["bound_by"]))

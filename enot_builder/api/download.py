@@ -7,6 +7,7 @@ from aiohttp import web
 from .. import metrics, store, validation
 from ..db import cursor
 from ..keys import POOL, STORAGE
+from . import digest
 
 # How long a backend's direct link (a presigned URL) stays valid.
 URL_SECONDS = 300
@@ -25,20 +26,29 @@ async def _artifact_response(request: web.Request, artifact: dict) -> web.Stream
     if stored is None:
         return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
     metrics.record_download(request.app)
+    sha256 = artifact["artifact_sha256"]
+    if sha256 and (unchanged := digest.not_modified(
+            request, sha256, {"Cache-Control": "public, max-age=31536000, immutable"})):
+        return unchanged
     if stored.local_path is None:
         # A backend with no file here: the client follows a 302 with a GET (PROTOCOL.md).
         url = await storage.url(stored.key, URL_SECONDS)
         if url is None:
             return no_such_build(f"{artifact['id']} (its artifact cannot be served)")
         raise web.HTTPFound(url)
-    # Artifacts never change once written, so any cache may keep them for good; the
-    # FileResponse adds Content-Length, ETag, Last-Modified, Range and conditional GET.
-    return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers={
+    # Artifacts never change once written, so any cache may keep them for good. The
+    # sha256 is their validator: Repr-Digest and a strong ETag (api/digest.py); the
+    # FileResponse adds Content-Length, Last-Modified and Range.
+    headers = {
         "Content-Disposition": f'attachment; filename="{artifact["artifact_name"]}"',
         "Content-Type": "application/octet-stream",
         "Cache-Control": "public, max-age=31536000, immutable",
         "X-Checksum-Sha256": artifact["artifact_sha256"] or "",
-    })
+    }
+    if not sha256:
+        return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers=headers)
+    return digest.DigestFileResponse(stored.local_path, sha256, chunk_size=256 * 1024,
+                                     headers=headers)
 
 
 async def download(request: web.Request) -> web.StreamResponse:

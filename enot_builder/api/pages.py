@@ -137,12 +137,13 @@ async def package(request: web.Request) -> dict[str, Any]:
             raise NotFound(f"No package {namespace}/{name} is known here")
         cells = await store.package_versions_matrix(cur, repository["id"])
         active = await store.active_builds(cur, repository["id"])
-    return {"repository": repository, **matrix(cells, active)}
+        retired = await store.retirements(cur, repository["id"])
+    return {"repository": repository, "retired": retired, **matrix(cells, active)}
 
 
 EMPTY_CELL: dict[str, Any] = dict.fromkeys((
     "last_build_id", "last_status", "last_message", "last_finished_at", "success_build_id",
-    "artifact_sha256", "artifact_size", "success_at", "active"))
+    "artifact_sha256", "artifact_size", "success_at", "reproducible", "signed", "active"))
 
 
 def matrix(cells: list[dict[str, Any]], active: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,15 +11,14 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import io
 import json
 import os
 import stat
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from .. import validation
+from .. import reproducible, validation
 from ..domain import BuildFailure, Outcome, Stage
 from ..layout import Layout
 from ..storage import Storage
@@ -75,7 +74,8 @@ def stamp(run: BuildRun, layout: Layout) -> tuple[str, Path, str, int, dict[str,
             if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                 raise BuildFailure(f"{name} is not a regular file", stage=Stage.ARTIFACT)
             with open(staged, "wb") as out:
-                config = stamp_package(source, out, run.build.full_name, run.dependencies)
+                config = stamp_package(source, out, run.build.full_name, run.source_date_epoch,
+                                       run.dependencies)
                 out.flush()
                 os.fsync(out.fileno())
         digest, size = sha256_file(staged)
@@ -104,9 +104,11 @@ def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]
 
 
 def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str,
-                  resolved: list[Any] | None = None) -> dict[str, Any]:
-    """Copy an enot package, recording in its enot_config.json the name we serve it as,
-    and its dependencies as this server resolved and built them (`resolved`).
+                  mtime: int = 0, resolved: list[Any] | None = None) -> dict[str, Any]:
+    """Copy an enot package, recording in its enot_config.json the name we serve it as
+    and its dependencies as this server resolved and built them (`resolved`), written
+    deterministically (reproducible.normalise: members sorted, every time the tagged
+    commit's `mtime`, no owners, modes normalised).
 
     enot clients file a fetched package under the `fullname` of its enot_config.json
     and, without one, under the last two parts of the clone URL, which for a mirror, a
@@ -114,45 +116,42 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str,
     erlang.mk pin as a branch, which a client never fetches from a cache: each
     dependency is listed with the repository's URL and the tag (or commit) built here.
     Copying the tar member by member also proves the artifact is a readable package.
+    enot clients unpack with a bare extractall(): an absolute or ../ name, a link or a
+    device in a package would write outside its directory on every machine that
+    installs it, so normalise refuses them.
     """
+    seen: list[dict[str, Any]] = []
+
+    def stamp(name: str, data: bytes) -> bytes:
+        if name != "enot_config.json":
+            return data
+        if len(data) > MAX_CONFIG_BYTES:
+            raise BuildFailure("the package's enot_config.json is larger than "
+                               f"{MAX_CONFIG_BYTES} bytes", stage=Stage.ARTIFACT)
+        try:
+            config = parse_json(data, "the package's enot_config.json", Stage.ARTIFACT)
+        except ValueError:
+            raise BuildFailure("the package's enot_config.json is not JSON",
+                               stage=Stage.ARTIFACT) from None
+        if not isinstance(config, dict):
+            raise BuildFailure("the package's enot_config.json is not an object",
+                               stage=Stage.ARTIFACT)
+        config["fullname"] = full_name
+        pin_dependencies(config, resolved or [])
+        seen.append(config)
+        return json.dumps(config, indent=4, sort_keys=True).encode()
+
     try:
-        with tarfile.open(fileobj=source, mode="r:") as package, \
-                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as stamped:
-            seen_config: dict[str, Any] | None = None
-            for member in package:
-                # enot clients unpack with a bare extractall(): an absolute or ../ name,
-                # a link or a device in a package would write outside its directory on
-                # every machine that installs it.
-                parts = PurePosixPath(member.name).parts
-                if not (member.isfile() or member.isdir()) or not parts or parts[0] == "/" \
-                        or ".." in parts:
-                    raise BuildFailure(f"the package holds an unsafe entry {member.name!r} "
-                                       "(only plain files and directories inside it are allowed)",
-                                       stage=Stage.ARTIFACT)
-                data = package.extractfile(member) if member.isfile() else None
-                if member.name == "enot_config.json" and data is not None:
-                    try:
-                        config = parse_json(data.read(MAX_CONFIG_BYTES),
-                                            "the package's enot_config.json", Stage.ARTIFACT)
-                    except ValueError:
-                        raise BuildFailure("the package's enot_config.json is not JSON",
-                                           stage=Stage.ARTIFACT) from None
-                    if not isinstance(config, dict):
-                        raise BuildFailure("the package's enot_config.json is not an object",
-                                           stage=Stage.ARTIFACT)
-                    config["fullname"] = full_name
-                    pin_dependencies(config, resolved or [])
-                    seen_config = config
-                    raw = json.dumps(config, indent=4, sort_keys=True).encode()
-                    member.size = len(raw)
-                    data = io.BytesIO(raw)
-                stamped.addfile(member, data)
-            if seen_config is None:
-                raise BuildFailure("the package has no enot_config.json", stage=Stage.ARTIFACT)
-            return seen_config
+        reproducible.normalise(source, out, mtime, edit=stamp)
+    except reproducible.UnsafePackage as e:
+        raise BuildFailure(f"{e} (only plain files and directories inside it are allowed)",
+                           stage=Stage.ARTIFACT) from None
     except tarfile.TarError as e:
         raise BuildFailure(f"enot produced an unreadable package: {e}",
                            stage=Stage.ARTIFACT) from None
+    if not seen:
+        raise BuildFailure("the package has no enot_config.json", stage=Stage.ARTIFACT)
+    return seen[0]
 
 
 def pin_dependencies(config: dict[str, Any], resolved: list[Any]) -> None:

@@ -24,7 +24,7 @@ from ..retry import retry_delay
 from ..sandbox import Sandbox, SandboxError
 from ..storage import Storage
 from ..toolchains import Toolchain
-from . import artifact, compile, dependencies, releases, source
+from . import artifact, attestation, compile, dependencies, releases, source
 from .context import BuildRun
 from .package_files import off_loop
 from .project import adapt_project, package_config
@@ -32,6 +32,7 @@ from .project import adapt_project, package_config
 if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..resolve.registry import Registry
+    from ..signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class Builder:
         self.cache_socket: Path | None = None
         # The package registry, through the database's cache; set by the app.
         self.registry: Registry | None = None
+        # The key that signs provenance (signing.py); set when the server loads it.
+        self.signing_key: SigningKey | None = None
 
     def prepare_dirs(self) -> None:
         self.layout.prepare_dirs()
@@ -145,7 +148,12 @@ class Builder:
             return Outcome(False, "waiting for " + ", ".join(resolved.dependencies),
                            waiting=True)
         await compile.package(run, erlang, self.toolchain, relay, self.cache_socket)
-        return await artifact.keep(run, self.layout, self.storage)
+        outcome = await artifact.keep(run, self.layout, self.storage)
+        if self.signing_key is not None:
+            # Before the work directory goes: the dependencies it used are hashed from it.
+            await attestation.attest(run, outcome, erlang, self.toolchain, self.layout,
+                                     self.storage, self.signing_key, sha, project)
+        return outcome
 
     async def _source(self, run: BuildRun) -> None:
         if self.metrics is None:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import cache_relay
+from .. import cache_relay, reproducible
 from ..domain import BuildFailure, Stage
 from ..toolchains import ErlangInstallation, Toolchain
 from .context import BuildRun, check_log_full, check_memory, run_step
@@ -56,7 +56,9 @@ async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchai
         argv = ["sh", "-c", RELAY_THEN_EXEC, "enot-with-cache-relay", *argv]
     await asyncio.to_thread(run.hand_over)
     run.log.line(f"enot package with Erlang/OTP {erlang.release} (erts {erlang.erts_version})")
-    env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": ""}
+    env = {"HOME": f"{root}/home", "ERL_AFLAGS": "", "ERL_FLAGS": "",
+           # Beams without build paths, times from the tagged commit (reproducible.py).
+           **reproducible.build_env(run.source_date_epoch)}
     step = await run_step(
         sandbox.command(argv, work_dir=run.work_dir, cwd=f"{root}/{run.src_rel}", env=env,
                         erlang=erlang, read_only=local_sources(config), sockets=sockets),

@@ -37,6 +37,9 @@ class BuildRun:
     # The dependencies resolved and built first (resolve.Resolved), once known: the
     # project file enot reads and the artifact's enot_config.json name them so.
     dependencies: list[Any] = field(default_factory=list)
+    # The tagged commit's committer time (set by source.tagged_commit): the packaged
+    # files' mtime and the build's SOURCE_DATE_EPOCH, so one tag gives one package.
+    source_date_epoch: int = 0
 
     @property
     def root(self) -> str:

@@ -113,7 +113,8 @@ async def clone(run: BuildRun) -> None:
 
 
 async def tagged_commit(run: BuildRun) -> tuple[str, str | None]:
-    """The tagged commit and its author's e-mail.
+    """The tagged commit and its author's e-mail; its committer time goes into
+    run.source_date_epoch.
 
     Asking for refs/tags/<ref> by its full name also proves the ref is a tag:
     `git clone --branch` takes branch names too, and we build tags only (and the
@@ -123,7 +124,7 @@ async def tagged_commit(run: BuildRun) -> tuple[str, str | None]:
     wanted = "HEAD" if is_commit_build(build) else f"refs/tags/{build.ref}^{{commit}}"
     step = await run_step(
         run.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", run.src_rel, "log",
-                             "-1", "--format=%H%n%ae", wanted, "--"],
+                             "-1", "--format=%H%n%ct%n%ae", wanted, "--"],
                             work_dir=run.work_dir, cwd=root,
                             env={"HOME": f"{root}/home", "GIT_CONFIG_NOSYSTEM": "1"},
                             network=False),
@@ -135,7 +136,9 @@ async def tagged_commit(run: BuildRun) -> tuple[str, str | None]:
     if step.returncode != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[0]):
         raise BuildFailure(f"{build.ref!r} is a branch, not a tag, in "
                            f"{redact(build.clone_url)}; only tags are built", stage=Stage.SOURCE)
-    email = lines[1].strip() if len(lines) > 1 else ""
+    if len(lines) > 1 and lines[1].isdigit():
+        run.source_date_epoch = int(lines[1])
+    email = lines[2].strip() if len(lines) > 2 else ""
     return lines[0], (email if re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", email) else None)
 
 

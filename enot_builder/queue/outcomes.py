@@ -156,5 +156,6 @@ async def apply(cur: aiopg.Cursor, record: dict[str, Any]) -> bool:
         message=outcome["message"], artifact_path=outcome["artifact_path"],
         artifact_name=outcome["artifact_name"], artifact_sha256=outcome["artifact_sha256"],
         artifact_size=outcome["artifact_size"],
-        # A record kept by an older process has no stage.
-        failure_stage=outcome.get("stage"))
+        # A record kept by an older process has no stage, provenance or SBOM.
+        failure_stage=outcome.get("stage"), provenance_key=outcome.get("provenance_key"),
+        sbom_key=outcome.get("sbom_key"), signing_key_id=outcome.get("signing_key_id"))

@@ -76,5 +76,12 @@ from .requests import (  # noqa: F401
     request_report,
     take_complete_requests,
 )
+from .trust import (  # noqa: F401
+    attestation,
+    attestation_by_sha256,
+    retire,
+    retirements,
+    unretire,
+)
 
 __all__ = ["TERMINAL", "Row"]

@@ -11,6 +11,7 @@ from .common import (
     DOWNLOAD,
     PACKAGE_BUILD_JSON,
     POSITION,
+    RETIREMENT_JOIN,
     VERSION_FILTER,
     Row,
     execute_prepared,
@@ -50,7 +51,7 @@ async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version
     """The latest finished build of each matching version, newest first (a JSON array);
     a failed one carries the stage that failed ("stage", null when not recorded)."""
     await execute_prepared(
-        cur, "search_v2", json_array(f"""
+        cur, "search_v3", json_array(f"""
         SELECT CASE WHEN b.status = 'failed'
                     THEN ({PACKAGE_BUILD_JSON}::jsonb
                           || jsonb_build_object('stage', b.failure_stage))::json
@@ -59,6 +60,7 @@ async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.last_build_id
+        {RETIREMENT_JOIN}
         WHERE r.name = %(name)s
           AND (%(namespace)s::text IS NULL OR r.namespace = %(namespace)s)
           AND (%(version)s::text IS NULL OR pv.ref = %(version)s)
@@ -75,11 +77,12 @@ async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version
 async def last_builds(cur: aiopg.Cursor, n: int) -> str:
     """The n most recent successful package-builds, newest first (a JSON array)."""
     await execute_prepared(
-        cur, "last_builds_v1", json_array(f"""
+        cur, "last_builds_v2", json_array(f"""
         SELECT {PACKAGE_BUILD_JSON} AS doc, pv.success_at AS sort_key
         FROM package_versions pv
         JOIN repositories r ON r.id = pv.repository_id
         JOIN builds b ON b.id = pv.success_build_id
+        {RETIREMENT_JOIN}
         WHERE pv.success_build_id IS NOT NULL
         ORDER BY pv.success_at DESC
         LIMIT %(n)s
@@ -93,16 +96,19 @@ async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
                             versions: Sequence[dict[str, str]] | None) -> str:
     """/builds: the downloadable build of each matching version (a JSON array)."""
     await execute_prepared(
-        cur, "successful_builds_v1", json_array(f"""
+        cur, "successful_builds_v2", json_array(f"""
         SELECT json_build_object(
             'build_id', b.id, 'result', true, 'message', b.message,
             'artifact_path', {DOWNLOAD}, 'created_date', b.finished_at,
             'ref', pv.ref, 'erl_version', pv.erl_version,
-            'sha256', b.artifact_sha256, 'size', b.artifact_size) AS doc,
+            'sha256', b.artifact_sha256, 'size', b.artifact_size,
+            'current', true, 'reproducible', b.reproducible,
+            'retired', rt.ref IS NOT NULL, 'retired_reason', rt.reason) AS doc,
             pv.success_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.success_build_id
+        {RETIREMENT_JOIN}
         WHERE r.namespace = %(namespace)s AND r.name = %(name)s AND {VERSION_FILTER}
         """),
         {"namespace": namespace, "name": name, "filters": version_filters(versions)},
@@ -112,16 +118,35 @@ async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
 
 async def successful_versions(cur: aiopg.Cursor, namespace: str, name: str,
                               versions: Sequence[dict[str, str]] | None) -> str:
-    """/versions: the (ref, Erlang release) pairs that can be downloaded (a JSON array)."""
+    """/versions: the (ref, Erlang release) pairs that can be downloaded (a JSON array).
+
+    A retired version is left out unless a filter names its ref: enot takes the last
+    ref of this list when none is asked for. When every matching version is retired
+    they are all listed (marked): an empty list crashes the enot client.
+    """
     await execute_prepared(
-        cur, "successful_versions_v1", json_array(f"""
+        cur, "successful_versions_v2", json_array(f"""
         SELECT json_build_object('versionId', pv.id, 'ref', pv.ref,
-                                 'erl_version', pv.erl_version) AS doc,
+                                 'erl_version', pv.erl_version,
+                                 'build_id', b.id, 'sha256', b.artifact_sha256,
+                                 'retired', rt.ref IS NOT NULL,
+                                 'retired_reason', rt.reason) AS doc,
                pv.success_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
-        WHERE r.namespace = %(namespace)s AND r.name = %(name)s
-          AND pv.success_build_id IS NOT NULL AND {VERSION_FILTER}
+        JOIN builds b ON b.id = pv.success_build_id
+        {RETIREMENT_JOIN}
+        WHERE r.namespace = %(namespace)s AND r.name = %(name)s AND {VERSION_FILTER}
+          AND (rt.ref IS NULL
+               OR EXISTS (SELECT 1 FROM jsonb_to_recordset(%(filters)s::jsonb)
+                                        AS named(ref text, erl_version text)
+                          WHERE named.ref = pv.ref)
+               OR NOT EXISTS (
+                   SELECT 1 FROM package_versions pv
+                   WHERE pv.repository_id = r.id AND pv.success_build_id IS NOT NULL
+                     AND {VERSION_FILTER}
+                     AND NOT EXISTS (SELECT 1 FROM retirements kept
+                                     WHERE kept.repository_id = r.id AND kept.ref = pv.ref)))
         """),
         {"namespace": namespace, "name": name, "filters": version_filters(versions)},
     )
@@ -130,16 +155,18 @@ async def successful_versions(cur: aiopg.Cursor, namespace: str, name: str,
 
 async def newest_artifact(cur: aiopg.Cursor, namespace: str, name: str,
                           versions: Sequence[dict[str, str]] | None) -> Row | None:
-    """/get: the artifact of the newest successful build matching the filters."""
+    """/get: the artifact of the newest successful build matching the filters; a
+    retired version only when nothing else matches (as by its exact ref)."""
     await execute_prepared(
-        cur, "newest_artifact_v1", f"""
+        cur, "newest_artifact_v2", f"""
         SELECT b.id::text AS id, b.artifact_path, b.artifact_name, b.artifact_sha256,
                b.artifact_size
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.success_build_id
+        {RETIREMENT_JOIN}
         WHERE r.namespace = %(namespace)s AND r.name = %(name)s AND {VERSION_FILTER}
-        ORDER BY pv.success_at DESC
+        ORDER BY rt.ref IS NOT NULL, pv.success_at DESC
         LIMIT 1
         """,
         {"namespace": namespace, "name": name, "filters": version_filters(versions)},

@@ -26,7 +26,8 @@ BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, b.not_before, b.failure_stage, r.namespace, r.name, r.clone_url, r.bound_by
+    b.worker, b.not_before, b.failure_stage, b.verify_of::text AS verify_of, b.reproducible,
+    b.provenance_key IS NOT NULL AS signed, r.namespace, r.name, r.clone_url, r.bound_by
 """
 
 # The links the documents carry (paths.py): SQL text, so held to a safe shape.
@@ -44,8 +45,20 @@ PACKAGE_BUILD_JSON = f"""
         'path', CASE WHEN b.status = 'succeeded' THEN {DOWNLOAD} ELSE {BUILD_LOG} END,
         'build_date', b.finished_at,
         'version', b.ref,
-        'erl_version', b.erl_version
+        'erl_version', b.erl_version,
+        -- Extra keys (issue 12; clients ignore what they do not know). Needs the
+        -- version pv and its retirement rt (RETIREMENT_JOIN) in the query.
+        'sha256', b.artifact_sha256,
+        'current', b.id = pv.success_build_id,
+        'reproducible', b.reproducible,
+        'retired', rt.ref IS NOT NULL,
+        'retired_reason', rt.reason
     )
+"""
+
+# A version's retirement, if any (retirements: per tag, whatever the release).
+RETIREMENT_JOIN = """
+    LEFT JOIN retirements rt ON rt.repository_id = pv.repository_id AND rt.ref = pv.ref
 """
 
 # Version filters `[{"ref"?, "erl_version"?}]`: a version matches when it matches any

@@ -107,7 +107,8 @@ async def package_versions_matrix(cur: aiopg.Cursor, repository_id: int) -> list
                last.id::text AS last_build_id, last.status::text AS last_status,
                last.message AS last_message, last.finished_at AS last_finished_at,
                ok.id::text AS success_build_id, ok.artifact_sha256, ok.artifact_size,
-               ok.finished_at AS success_at
+               ok.finished_at AS success_at, ok.reproducible,
+               ok.provenance_key IS NOT NULL AS signed
         FROM package_versions pv
         LEFT JOIN builds last ON last.id = pv.last_build_id
         LEFT JOIN builds ok ON ok.id = pv.success_build_id

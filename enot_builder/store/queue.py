@@ -25,7 +25,7 @@ async def lock_build_key(cur: aiopg.Cursor, repository_id: int, ref: str) -> Non
 async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
                         erl_version: str | None, priority: int = 0, requested_by: str = "api",
                         notify_email: bool = False, parent_id: str | None = None,
-                        reuse_success: bool = False) -> Row:
+                        reuse_success: bool = False, verify_of: str | None = None) -> Row:
     """Queue a build, or join the identical one already queued or running; with
     `reuse_success`, a tag already built successfully is answered with that build.
 
@@ -34,6 +34,8 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
     leaves the release to the package is identical to any build of the tag that was
     not split off from another (its release is known only once it runs).
     Returns id, status and how: "queued" (new), "coalesced" or "existing".
+    `verify_of` makes a new build a reproducibility check of that build (a request
+    that joins a queued or running build checks nothing).
     """
     await lock_build_key(cur, repository_id, ref)
     await cur.execute(
@@ -69,14 +71,14 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
     await cur.execute(
         """
         INSERT INTO builds (repository_id, ref, erl_version, priority, requested_by,
-                            notify_email, parent_id)
+                            notify_email, parent_id, verify_of)
         VALUES (%(repository_id)s, %(ref)s, %(erl_version)s, %(priority)s, %(requested_by)s,
-                %(notify_email)s, %(parent_id)s)
-        RETURNING id::text AS id, status::text AS status
+                %(notify_email)s, %(parent_id)s, %(verify_of)s)
+        RETURNING id::text AS id, status::text AS status, verify_of::text AS verify_of
         """,
         {"repository_id": repository_id, "ref": ref, "erl_version": erl_version,
          "priority": priority, "requested_by": requested_by, "notify_email": notify_email,
-         "parent_id": parent_id},
+         "parent_id": parent_id, "verify_of": verify_of},
     )
     return {**await cur.fetchone(), "how": "queued"}
 
@@ -190,18 +192,22 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
                        artifact_path: str | None = None, artifact_name: str | None = None,
                        artifact_sha256: str | None = None,
                        artifact_size: int | None = None,
-                       failure_stage: str | None = None) -> bool:
+                       failure_stage: str | None = None, provenance_key: str | None = None,
+                       sbom_key: str | None = None, signing_key_id: str | None = None) -> bool:
     """Record the result and move the version's build pointers, in one transaction.
 
-    `failure_stage` (a domain.Stage value) is kept for a failure only.
-
+    `failure_stage` (a domain.Stage value) is kept for a failure only. A
+    reproducibility check (verify_of) moves no pointer: it records whether its sha256
+    matched, on itself and on the build it made again.
     False when the build was no longer running (as `worker`): nothing was written.
     """
     params = {"id": build_id, "status": "succeeded" if succeeded else "failed",
               "message": message, "artifact_path": artifact_path,
               "artifact_name": artifact_name, "artifact_sha256": artifact_sha256,
               "artifact_size": artifact_size, "worker": worker,
-              "failure_stage": None if succeeded else str(failure_stage or "internal")}
+              "failure_stage": None if succeeded else str(failure_stage or "internal"),
+              "provenance_key": provenance_key, "sbom_key": sbom_key,
+              "signing_key_id": signing_key_id}
     async with cur.begin():
         await cur.execute("SELECT repository_id, ref FROM builds WHERE id = %(id)s", params)
         key = await cur.fetchone()
@@ -216,16 +222,31 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
             UPDATE builds SET status = %(status)s::build_status, message = %(message)s,
                    finished_at = now(), artifact_path = %(artifact_path)s,
                    artifact_name = %(artifact_name)s, artifact_sha256 = %(artifact_sha256)s,
-                   artifact_size = %(artifact_size)s, failure_stage = %(failure_stage)s
+                   artifact_size = %(artifact_size)s, failure_stage = %(failure_stage)s,
+                   provenance_key = %(provenance_key)s, sbom_key = %(sbom_key)s,
+                   signing_key_id = %(signing_key_id)s
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s::text IS NULL OR worker = %(worker)s)
-            RETURNING repository_id, ref, erl_version
+            RETURNING repository_id, ref, erl_version, verify_of
             """,
             params,
         )
         row = await cur.fetchone()
         if row is None:
             return False  # requeued or cancelled meanwhile
+        if row["verify_of"] is not None:
+            if succeeded:
+                await cur.execute(
+                    """
+                    UPDATE builds t SET reproducible = me.artifact_sha256 = orig.artifact_sha256
+                    FROM builds me JOIN builds orig ON orig.id = me.verify_of
+                    WHERE me.id = %(id)s AND orig.status = 'succeeded'
+                      AND t.id IN (me.id, orig.id)
+                    """,
+                    params,
+                )
+            return True
+        row = {key: row[key] for key in ("repository_id", "ref", "erl_version")}
         if row["erl_version"] is None:
             return True  # failed before a release was known: no version to point at
         await cur.execute(
