@@ -36,6 +36,7 @@ from .layout import Layout
 from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
+from .resolve.registry import Registry
 from .routes import setup_routes
 from .sandbox import Sandbox, SandboxError
 from .storage.local import LocalStorage
@@ -138,6 +139,8 @@ async def mailer(app: web.Application) -> AsyncIterator[None]:
 
 async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    # Registry dependencies are resolved by the server, through the database's cache.
+    app[BUILDER].registry = Registry(app[POOL], config.dependencies.hex_api)
     queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS])
     await queue.start()
     app[QUEUE] = queue

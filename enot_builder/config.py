@@ -91,7 +91,9 @@ class BuildsConfig:
     # The sandbox: "bwrap" (bubblewrap) or "none" (only with allow_unsandboxed).
     sandbox: str = "bwrap"
     allow_unsandboxed: bool = False
-    network: bool = True
+    # Network for the steps that run the package's code (enot); the clone always has
+    # its own. Off: dependencies come only from this server's cache.
+    network: bool = False
     memory_limit_mb: int = 3072
     cpu_time: int = 1800
     max_processes: int = 256
@@ -146,6 +148,14 @@ class MailConfig:
 
 
 @dataclass
+class DependenciesConfig:
+    # The package registry's API, asked by the server (never by a build) where a rebar
+    # dependency is named the registry way ({name, "vsn"}); answers are cached in the
+    # database.
+    hex_api: str = "https://hex.pm/api"
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -154,6 +164,7 @@ class Config:
     git: GitConfig = field(default_factory=GitConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     mail: MailConfig = field(default_factory=MailConfig)
+    dependencies: DependenciesConfig = field(default_factory=DependenciesConfig)
     signing: SigningConfig = field(default_factory=SigningConfig)
 
     @property
@@ -298,6 +309,8 @@ def validate(config: Config) -> None:
         raise ConfigError('[mail] security must be "none", "starttls" or "tls"')
     if config.mail.retries < 0 or config.mail.retry_delay < 0:
         raise ConfigError("[mail] retries and retry_delay must not be negative")
+    if not config.dependencies.hex_api.startswith(("https://", "http://")):
+        raise ConfigError("[dependencies] hex_api must be an http(s) URL")
     for scheme in config.git.allowed_schemes:
         if scheme not in ("https", "http", "git", "ssh", "file"):
             raise ConfigError(f"[git] allowed_schemes: {scheme!r} is not a git transport we allow")

@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable, Mapping
 
 class BuildStatus(enum.StrEnum):
     QUEUED = "queued"
+    # Its dependencies are being built first; it goes back to the queue after them.
+    WAITING = "waiting"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -125,6 +127,9 @@ class Outcome:
     see_log: bool = False
     # The step that failed; None for a success.
     stage: Stage | None = None
+    # Not an end: the build waits for its dependencies (it is `waiting` already) and
+    # runs again once they are built.
+    waiting: bool = False
     # A success's signed provenance and SBOM: storage keys, and the signing key's id.
     provenance_key: str | None = None
     sbom_key: str | None = None
@@ -141,6 +146,14 @@ class BuildHooks:
     # Called when the request left the release to the package: gets the releases the
     # package wants, returns the one this build takes (the others are queued).
     releases_known: Callable[[list[str]], Awaitable[str]]
+    # Gets the resolved dependencies (resolve.Resolved), the build's release and where to
+    # write lines for the build log; records them, queues the missing ones and returns
+    # their descriptions (non-empty: the build is `waiting` now). None: nothing is
+    # recorded and nothing waited for.
+    dependencies_resolved: Callable[[list[Any], str, Callable[[str], None]],
+                                    Awaitable[list[str]]] | None = None
+    # What the build resolved before it waited, by the package's name for each.
+    dependencies_recorded: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
 
 # --- what the core raises; errors.py maps each to a status ------------------------

@@ -71,7 +71,7 @@ class Metrics:
         self.mails_failed = Counter(
             "enot_builder_mails_failed", "Build report e-mails that could not be sent",
             registry=r)
-        for status in ("queued", "running"):
+        for status in ("queued", "waiting", "running"):
             self.queue_depth.labels(status=status)
         for result in ("succeeded", "failed"):
             self.build_duration.labels(result=result)
@@ -108,7 +108,7 @@ class Metrics:
         (self.mails_sent if sent else self.mails_failed).inc()
 
     def set_queue(self, counts: dict[str, int]) -> None:
-        for status in ("queued", "running"):
+        for status in ("queued", "waiting", "running"):
             self.queue_depth.labels(status=status).set(counts.get(status, 0))
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:

@@ -244,6 +244,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [_query("limit", N_PARAM, description="at most this many (default 100)")],
         "responses": {"200": _ok(_obj(["queued", "running", "builds"],
                                       queued={"type": "integer"}, running={"type": "integer"},
+                                      waiting={"type": "integer"},
                                       builds={"type": "array", "items": {"type": "object"}}),
                                  "Counts and builds"),
                       "400": BAD}}},

@@ -265,7 +265,8 @@ async def settled(client: TestClient, timeout: float = 180) -> None:
         last.update(queue_idle=app[QUEUE].idle, mailer_idle=app[MAILER].idle)
         async with cursor(app[POOL]) as cur:
             last.update(await store.queue_counts(cur))
-        return last == {"queued": 0, "running": 0, "queue_idle": True, "mailer_idle": True}
+        return last == {"queued": 0, "waiting": 0, "running": 0, "queue_idle": True,
+                        "mailer_idle": True}
 
     try:
         await eventually(quiet, "the server settling", timeout, every=0.2)

@@ -41,6 +41,12 @@ def git_repo(path: Path, files: dict[str, str], tag: str | None = "1.0.0",
     return f"file://{path}"
 
 
+def head_commit(path: Path) -> str:
+    """The commit the repository at `path` has checked out."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def add_commit(url: str, files: dict[str, str], tag: str, author_email: str) -> None:
     """Commit `files` on top of the repository at `url` as `author_email`, and tag it."""
     path = Path(url.removeprefix("file://"))

@@ -20,6 +20,9 @@ def test_defaults() -> None:
     assert config.git.allowed_hosts == ["github.com", "gitlab.com", "bitbucket.org"]
     assert config.database.dsn == ""
     assert config.worker_count >= 1
+    # Steps that run a package's code have no network unless the operator says so.
+    assert config.builds.network is False
+    assert config.dependencies.hex_api == "https://hex.pm/api"
 
 
 def test_toml_then_environment(tmp_path: Path) -> None:
@@ -29,13 +32,13 @@ def test_toml_then_environment(tmp_path: Path) -> None:
                     '[git]\nallowed_hosts = ["github.com"]\n')
     config = load(path, env={"ENOT_BUILDER_BUILDS_WORKERS": "5",
                              "ENOT_BUILDER_GIT_ALLOWED_SCHEMES": "https, file",
-                             "ENOT_BUILDER_BUILDS_NETWORK": "false",
+                             "ENOT_BUILDER_BUILDS_NETWORK": "true",
                              "ENOT_BUILDER_BUILDS_ERLANG_INSTALLATIONS": "24=/opt/otp24,25=/opt/otp25",
                              "UNRELATED": "x"})
     assert config.server.port == 9000
     assert config.public_url == "https://builds.example.org"
     assert config.builds.workers == 5
-    assert config.builds.network is False
+    assert config.builds.network is True
     assert config.git.allowed_schemes == ["https", "file"]
     assert config.git.allowed_hosts == ["github.com"]
     assert config.builds.erlang_installations == {"24": "/opt/otp24", "25": "/opt/otp25"}

@@ -1,4 +1,5 @@
-"""Recursive dependency builds through a local GitHub mirror (git.rewrites)."""
+"""Recursive dependency builds through a local GitHub mirror (git.rewrites): built first,
+the package waiting for them (tests/test_dependency_builds.py has the other formats)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,10 @@ async def test_three_level_chain_then_top_fetches_from_server(
     assert builds["middle"] == [("succeeded", "dependency of tester/top 1.0.0", 0)]
     assert builds["leaf"] == [("succeeded", "dependency of tester/middle 1.0.0", 0)]
     first_log = await (await client.get("/build_log", params={"build_id": top_id})).text()
-    assert "Extract" not in first_log  # nothing here yet: enot cloned middle and leaf
+    # Its dependencies were built first, and came from here.
+    assert "WAITING: waiting for tester/middle 1.0.0 (Erlang 25)" in first_log, first_log
+    assert "Extract /tmp/enot/middle.ep" in first_log, first_log
+    assert "fetch /tmp/enot/middle" not in first_log, first_log
 
     # Now that the tree is built here, the top package's own build gets it from us.
     r = await client.post("/rebuild", json={"build_id": top_id})
@@ -93,15 +97,21 @@ async def test_dependency_outside_the_allow_list_is_not_built(
     make_repo("tester/host", projects.enot_project(
         "host", deps=[dep("lonely"),
                       {"name": "far", "url": "https://elsewhere.example/x/far", "tag": "1.0.0"}]))
-    # enot may clone both through the mirror, but only github.com is on the allow-list.
-    client = await make_client(git__rewrites={"https://github.com/": f"file://{repos_dir}/",
-                                              "https://elsewhere.example/": f"file://{repos_dir}/"})
+    # Only github.com is on the allow-list: without network (the default), the package
+    # cannot get `far`, and fails saying so; with network, enot may clone it itself
+    # through the mirror.
+    rewrites = {"https://github.com/": f"file://{repos_dir}/",
+                "https://elsewhere.example/": f"file://{repos_dir}/"}
+    client = await make_client(git__rewrites=rewrites)
     r = await client.post("/buildSync", json={"full_name": "tester/host",
                                               "clone_url": "https://github.com/tester/host",
                                               "versions": [{"ref": "1.0.0"}]})
-    assert r.status == 200, await r.text()
-    builds = await settle(client, db_conn, 2)
-    assert sorted(builds) == ["host", "lonely"]
+    assert r.status == 422, await r.text()
+    message = (await r.json())["builds"][0]["message"]
+    assert message.startswith("dependency far (https://elsewhere.example/x/far 1.0.0) cannot be "
+                              "built here: "), message
+    assert message.endswith("(and builds have no network: builds.network)"), message
+    assert await settle(client, db_conn, 1) == {"host": [("failed", "api", 10)]}
 
 
 async def test_without_network_dependencies_come_from_the_server(
@@ -145,9 +155,10 @@ async def test_pins_at_foreign_urls_bind_nothing_an_owner_cannot_take_back(
         {"name": "lib1", "url": "https://github.com/attacker/victim/lib1", "tag": "1.0.0"},
         {"name": "lib3", "url": "https://gitlab.com/victim/lib3", "tag": "2.0.0"},
         {"name": "lib2", "url": "https://gitlab.com/victim/lib2", "tag": "9.9.9"}]))
+    # With network, so that enot may clone the pins this server does not build.
     client = await make_client(git__rewrites={
         "https://github.com/": f"file://{repos_dir}/",
-        "https://gitlab.com/": f"file://{repos_dir}/gitlab/"})
+        "https://gitlab.com/": f"file://{repos_dir}/gitlab/"}, builds__network=True)
 
     async def build(full_name: str) -> str:
         r = await client.post("/buildSync", json={
@@ -225,10 +236,11 @@ async def test_dependency_cycle_stops(make_client: Any, make_repo: Any, repos_di
                                       db_conn: Any) -> None:
     """ping 1.0.0 needs pong 1.0.0, which needs ping 1.0.0.
 
-    enot itself cannot build such a pair from source (it recurses until it fails), so
-    the first half is that failure, ending with nothing queued. The second half is the
-    server's side of a cycle, on real rows: once ping 1.0.0 is built, pong's follow-up
-    meets it and queues nothing, while a dependency not built yet is queued.
+    The first half is the cycle found before anything compiles: ping waits for pong,
+    pong finds ping on its way and fails naming the cycle, ping fails with it. The
+    second half is the old post-build scan's side of a cycle, on real rows: once ping
+    1.0.0 is built, pong's follow-up meets it and queues nothing, while a dependency not
+    built yet is queued.
     """
     make_repo("tester/ping", projects.enot_project("ping", deps=[dep("pong")]))
     make_repo("tester/pong", projects.enot_project("pong", deps=[dep("ping")]))
@@ -237,8 +249,17 @@ async def test_dependency_cycle_stops(make_client: Any, make_repo: Any, repos_di
                                                "clone_url": "https://github.com/tester/ping",
                                                "versions": [{"ref": "1.0.0"}]})
     assert r.status == 202, await r.text()
-    builds = await settle(client, db_conn, 1)
-    assert builds == {"ping": [("failed", "api", 10)]}
+    builds = await settle(client, db_conn, 2)
+    assert builds == {"ping": [("failed", "api", 10)],
+                      "pong": [("failed", "dependency of tester/ping 1.0.0", 0)]}
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT r.name, b.message FROM builds b JOIN repositories r"
+                    " ON r.id = b.repository_id")
+        messages = dict(cur.fetchall())
+    assert messages["pong"] == ("dependency cycle: tester/pong 1.0.0 -> tester/ping 1.0.0 -> "
+                                "tester/pong 1.0.0")
+    assert messages["ping"].startswith("dependency tester/pong 1.0.0 (Erlang 25) failed: "
+                                       "dependency cycle: "), messages
 
     # The server's side, on real rows: ping 1.0.0 pending again (the workers stopped,
     # so it stays queued), pong's follow-up meets it and queues nothing; a dependency

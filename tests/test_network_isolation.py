@@ -370,6 +370,9 @@ def test_slirp4netns_dies_with_a_killed_server(request: pytest.FixtureRequest, m
     # SIGKILL leaves no cleanup to the server: slirp4netns stops because its --exit-fd
     # closes with the server's process, and the sandbox dies with its parent.
     running: Server = request.getfixturevalue("server")  # test_restart's server process
+    # Builds have no network by default: this one's enot step gets one, and slirp4netns.
+    running.config.write_text(running.config.read_text().replace(
+        "workers = 1", "workers = 1\nnetwork = true"))
     url = make_repo("netsurvivor", projects.enot_project("netsurvivor", prebuild=["sleep 60"]))
     running.start()
     status, body = http.post(running.port, "/buildAsync", {

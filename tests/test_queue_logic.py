@@ -25,6 +25,7 @@ from enot_builder.domain import Build, BuildHooks, Outcome
 from enot_builder.queue import BuildQueue
 from enot_builder.queue.follow_up import FollowUp
 from enot_builder.queue.outcomes import OutcomeFiles
+from enot_builder.resolve import Resolved
 
 from .conftest import eventually, make_config
 
@@ -357,3 +358,55 @@ async def test_a_failing_follow_up_leaves_the_build_alone(pool: Any, config: Con
     await queue.workers.build(await claim(pool))
     assert (await row_of(pool, build_id))["status"] == "succeeded"
     assert queue.idle
+
+
+def depending_on_lib(lib_succeeds: bool = True) -> Script:
+    """tester/app depends on tester/lib 1.0.0 (through the hooks, as the dependency step
+    does); lib has no dependencies and succeeds, or fails."""
+    async def script(build: Build, hooks: BuildHooks) -> Outcome:
+        if build.name == "lib":
+            return Outcome(lib_succeeds, "built" if lib_succeeds else "compile error")
+        await hooks.source_known("0" * 40, "author@example.org")  # whom a report goes to
+        assert hooks.dependencies_resolved is not None
+        waiting = await hooks.dependencies_resolved(
+            [Resolved("lib", "https://github.com/tester/lib", "1.0.0", "tag")], "25",
+            lambda line: None)
+        if waiting:
+            return Outcome(False, "waiting for " + ", ".join(waiting), waiting=True)
+        return Outcome(True, "built")
+    return script
+
+
+async def test_a_waiting_build_gives_its_worker_back_and_runs_again_once_released(
+        pool: Any, config: Config) -> None:
+    builder = FakeBuilder(depending_on_lib())
+    queue = make_queue(pool, config, builder)
+    app_id = await queue_build(pool, "app")
+    await queue.workers.build(await claim(pool))
+    row = await row_of(pool, app_id)
+    assert (row["status"], row["attempt"], row["worker"]) == ("waiting", 0, None)
+    assert row["message"] == "waiting for tester/lib 1.0.0 (Erlang 25)"
+    assert metrics_of(queue).builds == []  # not an end: not counted, nothing kept
+    assert list((config.data_dir / "outcomes").glob("*")) == []
+    await queue.workers.build(await claim(pool))  # lib, queued by app's hook
+    assert (await row_of(pool, app_id))["status"] == "queued"  # released by lib's success
+    await queue.workers.build(await claim(pool))
+    row = await row_of(pool, app_id)
+    assert (row["status"], row["attempt"]) == ("succeeded", 1)
+    assert [b.name for b in builder.runs] == ["app", "lib", "app"]
+    assert metrics_of(queue).builds == [(True, "25"), (True, "25")]
+
+
+async def test_a_failed_dependency_fails_the_waiting_build_and_its_report_goes(
+        pool: Any, config: Config) -> None:
+    mailer = FakeMailer()
+    queue = make_queue(pool, config, FakeBuilder(depending_on_lib(lib_succeeds=False)), mailer)
+    app_id = await queue_build(pool, "app", report=True)
+    await queue.workers.build(await claim(pool))
+    await queue.workers.build(await claim(pool))  # lib fails
+    row = await row_of(pool, app_id)
+    assert row["status"] == "failed" and row["failure_stage"] == "dependencies"
+    assert row["message"].startswith("dependency tester/lib 1.0.0 (Erlang 25) failed: "
+                                     "compile error; its log: "), row["message"]
+    # app's request is complete: its report goes, once.
+    assert [m["To"] for m in mailer.sent] == ["author@example.org"]

@@ -164,7 +164,7 @@ async def test_health_lists_toolchain(two_releases: TestClient, otp24: Path) -> 
     assert health["status"] == "ok"
     assert health["database"]["status"] == "ok"
     assert health["database"]["schema_version"] >= 2
-    assert health["queue"] == {"queued": 0, "running": 0}
+    assert health["queue"] == {"queued": 0, "waiting": 0, "running": 0}
     assert health["tools"]["git"].startswith("git version")
     assert health["tools"]["enot"] == "2.1.8"
     assert health["tools"]["bwrap"].startswith("bubblewrap")

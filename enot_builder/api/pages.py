@@ -182,6 +182,7 @@ async def build(request: web.Request) -> dict[str, Any]:
             raise NotFound(f"No such build: {build_id}")
         position = await store.queue_position(cur, build_id)
         siblings = await store.sibling_builds(cur, build_id)
+        dependencies = await store.dependency_builds(cur, build_id)
     stored = await request.app[STORAGE].stat(found["log_path"]) if found["log_path"] else None
     log_text = await asyncio.to_thread(_log_tail, stored.local_path) \
         if stored is not None and stored.local_path is not None else None
@@ -189,6 +190,7 @@ async def build(request: web.Request) -> dict[str, Any]:
     retry_at = found["not_before"] if found["status"] == "queued" and found["not_before"] \
         and found["not_before"] > datetime.now(UTC) else None
     return {"build": found, "position": position, "siblings": siblings, "log": log_text,
+            "dependencies": dependencies,
             "retry_at": retry_at, "max_attempts": request.app[CONFIG].builds.max_attempts}
 
 
@@ -221,4 +223,5 @@ async def queue(request: web.Request) -> dict[str, Any]:
         builds = await store.queue_rows(cur, QUEUE_PAGE)
     running = [b for b in builds if b["status"] == "running"]
     queued = [b for b in builds if b["status"] == "queued"]
-    return {"counts": counts, "running": running, "queued": queued}
+    waiting = [b for b in builds if b["status"] == "waiting"]
+    return {"counts": counts, "running": running, "queued": queued, "waiting": waiting}

@@ -1,4 +1,5 @@
-"""GET /queue: the builds queued and running, in the order they will run."""
+"""GET /queue: the builds running and queued, in the order they will run, then those
+waiting for their dependencies."""
 
 from __future__ import annotations
 
@@ -29,4 +30,6 @@ def _document(row: dict[str, Any]) -> dict[str, Any]:
             "ref": row["ref"], "erl_version": row["erl_version"], "status": row["status"],
             "priority": row["priority"], "requested_by": row["requested_by"],
             "created_at": iso(row["created_at"]), "started_at": iso(row["started_at"]),
-            "position": row["position"]}
+            "position": row["position"],
+            # A waiting build's says what it waits for.
+            "message": row["message"]}

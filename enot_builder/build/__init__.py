@@ -1,4 +1,5 @@
-"""A build in steps: source, project, releases, compile, artifact (builder.py runs them)."""
+"""A build in steps: source, project, releases, dependencies, compile, artifact
+(builder.py runs them)."""
 
 from .builder import Builder
 

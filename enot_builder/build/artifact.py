@@ -75,7 +75,7 @@ def stamp(run: BuildRun, layout: Layout) -> tuple[str, Path, str, int, dict[str,
                 raise BuildFailure(f"{name} is not a regular file", stage=Stage.ARTIFACT)
             with open(staged, "wb") as out:
                 config = stamp_package(source, out, run.build.full_name, run.source_date_epoch,
-                                       url=run.build.clone_url)
+                                       url=run.build.clone_url, resolved=run.dependencies)
                 out.flush()
                 os.fsync(out.fileno())
         digest, size = sha256_file(staged)
@@ -104,20 +104,24 @@ def tagged_dependencies(package_config: dict[str, Any]) -> list[tuple[str, str]]
 
 
 def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str,
-                  mtime: int = 0, url: str | None = None) -> dict[str, Any]:
-    """Copy an enot package, recording in its enot_config.json the name we serve it as
-    and the repository's clone URL as it was requested (`url`: enot writes the URL it
-    cloned from, which for a git.rewrites mirror is a file:// path of this server),
-    written deterministically (reproducible.normalise: members sorted, every time the
-    tagged commit's `mtime`, no owners, modes normalised).
+                  mtime: int = 0, url: str | None = None,
+                  resolved: list[Any] | None = None) -> dict[str, Any]:
+    """Copy an enot package, recording in its enot_config.json the name we serve it as,
+    the repository's clone URL as it was requested (`url`: enot writes the URL it
+    cloned from, which for a git.rewrites mirror is a file:// path of this server) and
+    its dependencies as this server resolved and built them (`resolved`), written
+    deterministically (reproducible.normalise: members sorted, every time the tagged
+    commit's `mtime`, no owners, modes normalised).
 
     enot clients file a fetched package under the `fullname` of its enot_config.json
     and, without one, under the last two parts of the clone URL, which for a mirror, a
-    fork or a file:// URL is not the name the package was asked for by. Copying the
-    tar member by member also proves the artifact is a readable package. enot clients
-    unpack with a bare extractall(): an absolute or ../ name, a link or a device in a
-    package would write outside its directory on every machine that installs it, so
-    normalise refuses them.
+    fork or a file:// URL is not the name the package was asked for by. enot writes an
+    erlang.mk pin as a branch, which a client never fetches from a cache: each
+    dependency is listed with the repository's URL and the tag (or commit) built here.
+    Copying the tar member by member also proves the artifact is a readable package.
+    enot clients unpack with a bare extractall(): an absolute or ../ name, a link or a
+    device in a package would write outside its directory on every machine that
+    installs it, so normalise refuses them.
     """
     seen: list[dict[str, Any]] = []
 
@@ -138,6 +142,7 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str,
         config["fullname"] = full_name
         if url is not None:
             config["url"] = url
+        pin_dependencies(config, resolved or [])
         seen.append(config)
         return json.dumps(config, indent=4, sort_keys=True).encode()
 
@@ -152,6 +157,18 @@ def stamp_package(source: BinaryIO, out: BinaryIO, full_name: str,
     if not seen:
         raise BuildFailure("the package has no enot_config.json", stage=Stage.ARTIFACT)
     return seen[0]
+
+
+def pin_dependencies(config: dict[str, Any], resolved: list[Any]) -> None:
+    """Each of the package's deps entries that the server resolved: its real URL and
+    the tag (or commit) built here, instead of a mirror's URL or a branch."""
+    pins = {dep.name: dep for dep in resolved}
+    deps = config.get("deps")
+    for entry in deps if isinstance(deps, list) else []:
+        if isinstance(entry, dict) and entry.get("name") in pins:
+            dep = pins[entry["name"]]
+            entry.pop("branch", None)
+            entry.update(url=dep.clone_url, tag=dep.ref)
 
 
 def sha256_file(path: Path) -> tuple[str, int]:

@@ -1,7 +1,8 @@
-"""One build: its source, its Erlang release, `enot package`, its artifact.
+"""One build: its source, its Erlang release, its dependencies (built first: the build
+may wait for them), `enot package`, its artifact.
 
-Each step lives in a module of its own (source, project, releases, compile,
-artifact); this one runs them in order and turns whatever stops a build into its
+Each step lives in a module of its own (source, project, releases, dependencies,
+compile, artifact); this one runs them in order and turns whatever stops a build into its
 Outcome, with the stage that failed. The build's repository is hostile until proven
 otherwise: every command that touches its files runs in the sandbox.
 """
@@ -23,13 +24,14 @@ from ..retry import retry_delay
 from ..sandbox import Sandbox, SandboxError
 from ..storage import Storage
 from ..toolchains import Toolchain
-from . import artifact, attestation, compile, releases, source
+from . import artifact, attestation, compile, dependencies, releases, source
 from .context import BuildRun
 from .package_files import off_loop
 from .project import adapt_project, package_config
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
+    from ..resolve.registry import Registry
     from ..signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class Builder:
         # The server's cache on a Unix socket (cache_socket.py), which sandboxed
         # builds reach through a relay; set when the server runs it.
         self.cache_socket: Path | None = None
+        # The package registry, through the database's cache; set by the app.
+        self.registry: Registry | None = None
         # The key that signs provenance (signing.py); set when the server loads it.
         self.signing_key: SigningKey | None = None
 
@@ -97,6 +101,9 @@ class Builder:
                            f"sandbox: {self.sandbox.mode}")
             try:
                 outcome = await self._steps(run, hooks)
+                if outcome.waiting:
+                    build_log.line("WAITING: " + outcome.message)
+                    return outcome
             except BuildFailure as e:
                 outcome = Outcome(False, str(e), retryable=e.retryable, see_log=e.see_log,
                                   stage=e.stage)
@@ -134,7 +141,13 @@ class Builder:
         project = await off_loop(package_config, run.src)
         erlang = await releases.choose(run, project, self.toolchain, hooks, self.layout)
         await off_loop(adapt_project, run.src, run.build.name, run.log)
-        compiler = await compile.package(run, erlang, self.toolchain, project, self.cache_socket,
+        relay = await asyncio.to_thread(compile.prepare, run, erlang, project, self.cache_socket)
+        # Its dependencies: resolved here, built first (the build waits for them).
+        resolved = await dependencies.resolve(run, erlang, hooks, project, self.registry)
+        if isinstance(resolved, dependencies.Waiting):
+            return Outcome(False, "waiting for " + ", ".join(resolved.dependencies),
+                           waiting=True)
+        compiler = await compile.package(run, erlang, self.toolchain, relay, self.cache_socket,
                                          sha)
         outcome = await artifact.keep(run, self.layout, self.storage)
         outcome.compiler = str(compiler)

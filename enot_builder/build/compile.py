@@ -26,9 +26,29 @@ RELAY_THEN_EXEC = ('python3 "$HOME/cache_relay.py" & i=0; '
                    'i=$((i+1)); done; exec "$@"')
 
 
+def prepare(run: BuildRun, erlang: ErlangInstallation, package_config: dict[str, Any] | None,
+            cache_socket: Path | None) -> bool:
+    """Write what `enot package` needs into the build's home (in a thread); True when it
+    gets the cache through the relay.
+
+    Done before the dependency step, while nothing of the package has run yet: from
+    then on its code (rebar.config.script) may have planted links in the work directory.
+    Only a package with nothing to depend on goes without the cache (the dependencies
+    the server resolves are always among what has_dependencies says).
+    """
+    dependencies = has_dependencies(package_config)
+    # A sandboxed build never reaches this server's HTTP port (it is not on the
+    # host's network, network or not): the cache comes through a relay to its socket.
+    relay = dependencies and cache_socket is not None and run.sandbox.isolated
+    cache_url = f"http://127.0.0.1:{cache_relay.PORT}" if relay else run.config.public_url
+    write_enot_config(run.home, run.root, erlang.release, cache_url if dependencies else None)
+    if relay:
+        shutil.copyfile(cache_relay.__file__, run.home / "cache_relay.py")
+    return relay
+
+
 async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchain,
-                  package_config: dict[str, Any] | None, cache_socket: Path | None,
-                  commit: str) -> Compiler:
+                  relay: bool, cache_socket: Path | None, commit: str) -> Compiler:
     """Build the package (`<name>.ep` in the project's directory); the compiler that did.
 
     Computed .app versions are resolved first (fallback.before_compiling). A rebar
@@ -36,17 +56,10 @@ async def package(run: BuildRun, erlang: ErlangInstallation, toolchain: Toolchai
     then, when enot fails, to rebar3 and rebar. Fails naming why nothing was built.
     """
     config, sandbox, root = run.config, run.sandbox, run.root
-    dependencies = has_dependencies(package_config)
-    # A sandboxed build never reaches this server's HTTP port (it is not on the
-    # host's network, network or not): the cache comes through a relay to its socket.
-    relay = dependencies and cache_socket is not None and sandbox.isolated
-    cache_url = f"http://127.0.0.1:{cache_relay.PORT}" if relay else config.public_url
-    write_enot_config(run.home, root, erlang.release, cache_url if dependencies else None)
     argv = [str(toolchain.enot), "package", "-l", "info"]
     sockets: tuple[tuple[Path, str], ...] = ()
     if relay:
         assert cache_socket is not None
-        shutil.copyfile(cache_relay.__file__, run.home / "cache_relay.py")
         sockets = ((cache_socket, cache_relay.SOCKET),)
         argv = ["sh", "-c", RELAY_THEN_EXEC, "enot-with-cache-relay", *argv]
     cache_sockets, cache_path = fallback_cache(cache_socket, sandbox.isolated)

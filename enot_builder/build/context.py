@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import process
 from ..buildlog import BuildLog
@@ -33,6 +34,9 @@ class BuildRun:
     work_dir: Path
     log: BuildLog
     deadline: float
+    # The dependencies resolved and built first (resolve.Resolved), once known: the
+    # project file enot reads and the artifact's enot_config.json name them so.
+    dependencies: list[Any] = field(default_factory=list)
     # The tagged commit's committer time (set by source.tagged_commit): the packaged
     # files' mtime and the build's SOURCE_DATE_EPOCH, so one tag gives one package.
     source_date_epoch: int = 0
@@ -68,9 +72,9 @@ class BuildRun:
 
 
 async def run_step(command: Command, build_log: BuildLog | None, timeout: float,
-                   stage: Stage) -> process.StepResult:
+                   stage: Stage, capture: int = 4096) -> process.StepResult:
     try:
-        return await process.run(command, build_log, timeout)
+        return await process.run(command, build_log, timeout, capture)
     except NetworkError as e:
         # Nothing of the build ran: worth another attempt (a full process table, a
         # passing shortage of file descriptors), and the operator's attention if not.

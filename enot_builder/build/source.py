@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..config import Config
-from ..domain import BuildFailure, Stage
+from ..domain import Build, BuildFailure, Stage
 from ..layout import Layout
 from .context import BuildRun, check_log_full, check_memory, run_step
 
@@ -33,6 +33,25 @@ TRANSIENT_GIT_ERRORS = (
     (("Too many open files",), "the build server ran out of file descriptors"),
 )
 GIT_HOST = re.compile(r"(?:resolve host(?:name)?|connect to)[: ]+'?([A-Za-z0-9._-]+)")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+# git's options for every command that reaches a repository: only the transports git
+# hosts use (no ext::, no remote helpers), no hooks.
+GIT_CONFIG = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
+              "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always",
+              "-c", "protocol.ssh.allow=always", "-c", "core.hooksPath=/dev/null",
+              "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
+
+
+def git_config(url: str) -> list[str]:
+    """GIT_CONFIG, and file:// for a file:// URL: reachable only when the operator
+    allowed file:// or rewrote to a local mirror (tests do both); the sandbox sees
+    these paths read-only."""
+    return GIT_CONFIG + (["-c", "protocol.file.allow=always"] if url.startswith("file://") else [])
+
+
+def is_commit_build(build: Build) -> bool:
+    """A dependency pinned to a branch is built as the commit it was resolved to."""
+    return bool(COMMIT.fullmatch(build.ref)) and build.requested_by.startswith("dependency of")
 
 
 async def fetch(run: BuildRun, layout: Layout) -> None:
@@ -51,22 +70,24 @@ async def fetch(run: BuildRun, layout: Layout) -> None:
 async def clone(run: BuildRun) -> None:
     build, config = run.build, run.config
     url = rewrite_url(build.clone_url, config.git.rewrites)
-    git_config = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
-                  "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always",
-                  "-c", "protocol.ssh.allow=always", "-c", "core.hooksPath=/dev/null",
-                  "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
-    if url.startswith("file://"):
-        # Reachable only when the operator allowed file:// or rewrote to a local
-        # mirror (tests do both); the sandbox sees these paths read-only.
-        git_config += ["-c", "protocol.file.allow=always"]
-    argv = ["git", *git_config, "clone", "--quiet", "--depth", "1", "--single-branch",
+    argv = ["git", *git_config(url), "clone", "--quiet", "--depth", "1", "--single-branch",
             "--no-tags", "--branch", build.ref, "--", url, run.src_rel]
+    if is_commit_build(build):
+        # A dependency pinned to a branch, built as the commit it was resolved to:
+        # `clone --branch` takes no commit, a fetch of the commit alone does (enot
+        # wants an origin remote, as a clone has).
+        argv = ["sh", "-c", 'git init -q "$1" && cd "$1" && git remote add origin "$2" && '
+                'shift 2 && git "$@" && git -c advice.detachedHead=false checkout -q FETCH_HEAD',
+                "clone-commit", run.src_rel, url, *git_config(url), "fetch", "--quiet",
+                "--depth", "1", "--no-tags", "origin", build.ref]
     root = run.root
     env = {"HOME": f"{root}/home", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/true",
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_LFS_SKIP_SMUDGE": "1"}
     shown = redact(url) if url == build.clone_url else \
         f"{redact(build.clone_url)} (rewritten to {redact(url)})"
-    run.log.line(f"git clone --depth 1 --branch {build.ref} {shown}")
+    run.log.line(f"git fetch --depth 1 of commit {build.ref} from {shown}"
+                 if is_commit_build(build) else
+                 f"git clone --depth 1 --branch {build.ref} {shown}")
     timeout = min(config.builds.clone_timeout, run.left())
     # git alone runs here, but its network is the sandbox's too (whatever
     # builds.network says): a redirect, or a name that resolves to 127.0.0.1, must
@@ -96,17 +117,22 @@ async def tagged_commit(run: BuildRun) -> tuple[str, str | None]:
     run.source_date_epoch.
 
     Asking for refs/tags/<ref> by its full name also proves the ref is a tag:
-    `git clone --branch` takes branch names too, and we build tags only.
+    `git clone --branch` takes branch names too, and we build tags only (and the
+    commits dependencies pinned to branches were resolved to).
     """
     build, root = run.build, run.root
+    wanted = "HEAD" if is_commit_build(build) else f"refs/tags/{build.ref}^{{commit}}"
     step = await run_step(
         run.sandbox.command(["git", "-c", "core.hooksPath=/dev/null", "-C", run.src_rel, "log",
-                             "-1", "--format=%H%n%ct%n%ae", f"refs/tags/{build.ref}^{{commit}}", "--"],
+                             "-1", "--format=%H%n%ct%n%ae", wanted, "--"],
                             work_dir=run.work_dir, cwd=root,
                             env={"HOME": f"{root}/home", "GIT_CONFIG_NOSYSTEM": "1"},
                             network=False),
         None, min(60, run.left()), Stage.SOURCE)
     lines = step.output.decode(errors="replace").splitlines()
+    if is_commit_build(build) and (step.returncode != 0 or not lines or lines[0] != build.ref):
+        raise BuildFailure(f"commit {build.ref} not found in {redact(build.clone_url)}",
+                           stage=Stage.SOURCE)
     if step.returncode != 0 or not lines or not re.fullmatch(r"[0-9a-f]{40,64}", lines[0]):
         raise BuildFailure(f"{build.ref!r} is a branch, not a tag, in "
                            f"{redact(build.clone_url)}; only tags are built", stage=Stage.SOURCE)

@@ -20,6 +20,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..layout import Layout
+from .dependency_waits import DependencyWaits
 from .follow_up import FollowUp
 from .outcomes import OutcomeFiles, OutcomeRecorder
 from .watchdog import Watchdog
@@ -46,11 +47,13 @@ class BuildQueue:
         self.writer = DatabaseWriter(pool)
         self.outcomes = OutcomeFiles(Layout(config.data_dir).outcomes)
         self.recorder = OutcomeRecorder(pool, self.writer, self.outcomes, config.builds)
-        self.follow_up = FollowUp(pool, config, builder, mailer, self.wake)
+        self.dependencies = DependencyWaits(pool, config, self.wake)
+        self.follow_up = FollowUp(pool, config, builder, mailer, self.wake, self.dependencies)
         self.workers = Workers(self.name, pool, config.builds, builder, self.writer,
-                               self.recorder, self.follow_up, self._announce, metrics)
+                               self.recorder, self.follow_up, self._announce, metrics,
+                               self.dependencies)
         self.watchdog = Watchdog(pool, config.builds, self.recorder.recording,
-                                 self.workers.kill)
+                                 self.workers.kill, self.dependencies.sweep)
         self._watchdog: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         # /buildSync handlers waiting for builds to end.
@@ -86,6 +89,7 @@ class BuildQueue:
         self.builder.prepare_dirs()
         for build, outcome in finished:
             await self.follow_up(build, outcome)
+        await self.dependencies.sweep()
         self.workers.start(self.worker_count)
         self._watchdog = asyncio.create_task(self.watchdog.run(), name="build-watchdog")
 

@@ -1,6 +1,7 @@
-"""What follows a build that ended for good: its missing dependencies are queued, the
-clone kept for its split-off builds goes once the last of them has ended, and the
-requests it completes are reported by mail."""
+"""What follows a build that ended for good: the builds waiting for it are released (or
+fail with it), its missing dependencies are queued, the clone kept for its split-off
+builds goes once the last of them has ended, and the requests it completes (and those
+of the builds that failed with it) are reported by mail."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     import aiopg
 
     from ..config import Config
+    from .dependency_waits import DependencyWaits
     from .protocol import Builder, Mailer
 
 log = logging.getLogger(__name__)
@@ -24,16 +26,21 @@ log = logging.getLogger(__name__)
 
 class FollowUp:
     def __init__(self, pool: aiopg.Pool, config: Config, builder: Builder, mailer: Mailer,
-                 wake: Callable[[int], None]) -> None:
+                 wake: Callable[[int], None],
+                 dependencies: DependencyWaits | None = None) -> None:
         self.pool = pool
         self.config = config
         self.builder = builder
         self.mailer = mailer
         self.wake = wake  # workers, for the dependencies queued
+        self.dependencies = dependencies
 
     async def __call__(self, build: Build, outcome: Outcome) -> None:
         """After a build: queue its missing dependencies, mail finished requests."""
         try:
+            ended = [build.id]
+            if self.dependencies is not None:
+                ended += await self.dependencies.ended(build, outcome)
             if outcome.succeeded and outcome.dependencies:
                 async with cursor(self.pool) as cur:
                     # The release may have been chosen during the build.
@@ -46,7 +53,8 @@ class FollowUp:
                 family = build.parent_id or build.id
                 if not await store.family_pending(cur, family):
                     await asyncio.to_thread(self.builder.drop_snapshot, family)
-                for request_id in await store.take_complete_requests(cur, build.id):
+                for request_id in [request_id for ended_id in ended for request_id in
+                                   await store.take_complete_requests(cur, ended_id)]:
                     report = await store.request_report(cur, request_id)
                     self.mailer.send(mail.compose(report, self.config.public_url,
                                                   self.config.mail.sender))

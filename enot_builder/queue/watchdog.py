@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable, Container
+from typing import TYPE_CHECKING, Awaitable, Callable, Container
 
 from .. import store
 from ..db import TRANSIENT_ERRORS, cursor
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 class Watchdog:
     def __init__(self, pool: aiopg.Pool, config: BuildsConfig, recording: Container[str],
-                 stop_build: Callable[[str], bool]) -> None:
+                 stop_build: Callable[[str], bool],
+                 each_round: Callable[[], Awaitable[None]] | None = None) -> None:
         """`recording`: builds that ended here and whose outcome is on its way to the
         database; `stop_build(id)` stops a build running in this process (False when
         it runs elsewhere)."""
@@ -33,11 +34,15 @@ class Watchdog:
         self.period = min(30.0, max(1.0, config.watchdog_margin / 4))
         self.recording = recording
         self.stop_build = stop_build
+        # Also done each round: the waiting builds no follow-up reached, put right.
+        self.each_round = each_round
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.period)
             await self.sweep()
+            if self.each_round is not None:
+                await self.each_round()
 
     async def sweep(self) -> None:
         """One look at the running builds."""

@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .. import store
 from ..db import TRANSIENT_ERRORS, cursor
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import aiopg
 
     from ..config import BuildsConfig
+    from .dependency_waits import DependencyWaits
     from .outcomes import OutcomeRecorder
     from .protocol import Builder, Metrics
     from .writes import DatabaseWriter
@@ -50,7 +51,8 @@ class Workers:
     def __init__(self, name: str, pool: aiopg.Pool, config: BuildsConfig, builder: Builder,
                  writer: DatabaseWriter, recorder: OutcomeRecorder,
                  follow_up: Callable[[Build, Outcome], Awaitable[None]],
-                 announce: Callable[[], None], metrics: Metrics | None = None) -> None:
+                 announce: Callable[[], None], metrics: Metrics | None = None,
+                 dependencies: DependencyWaits | None = None) -> None:
         """`name` names this process's workers (`host:pid`, then `/n`); `announce` tells
         whoever waits that some build ended or will be retried."""
         self.name = name
@@ -62,6 +64,8 @@ class Workers:
         self.follow_up = follow_up
         self.announce = announce
         self.metrics = metrics
+        # Records a build's dependencies and makes it wait; None: builds never wait.
+        self.dependencies = dependencies
         self.stopping = False
         self.intake_closed = False
         self.in_hand = 0  # builds claimed here and not yet built and followed up
@@ -181,6 +185,12 @@ class Workers:
             outcome = Outcome(False, INTERNAL_ERROR, stage=Stage.INTERNAL)
         finally:
             self.running.pop(build.id, None)
+        if outcome.waiting:
+            # Not an end: it is `waiting` already (resolve/graph.py), and runs again
+            # when its dependencies are built.
+            log.info("build %s %s", build.id, outcome.message)
+            self.announce()
+            return
         final = await self.recorder.finish(run.build, outcome)
         # Whoever waits for this build (/buildSync, the build page) sees its end or retry.
         self.announce()
@@ -216,4 +226,16 @@ class Workers:
             self.wake(len(queued))
             return releases[0]
 
-        return BuildHooks(log_opened, source_known, releases_known)
+        if self.dependencies is None:
+            return BuildHooks(log_opened, source_known, releases_known)
+        dependencies = self.dependencies
+
+        async def dependencies_resolved(resolved: list[Any], erl_version: str,
+                                        note: Callable[[str], None]) -> list[str]:
+            return await dependencies.resolved(run.build, resolved, erl_version, note)
+
+        async def dependencies_recorded() -> dict[str, Any]:
+            return await dependencies.recorded(run.build)
+
+        return BuildHooks(log_opened, source_known, releases_known, dependencies_resolved,
+                          dependencies_recorded)

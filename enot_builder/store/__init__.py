@@ -24,6 +24,18 @@ from .dependencies import (  # noqa: F401
     built_or_pending,
     family_pending,
 )
+from .graph import (  # noqa: F401
+    add_dependency,
+    dependency_builds,
+    dependency_path,
+    dependency_position,
+    fail_dependents,
+    recorded_dependencies,
+    release_dependents,
+    set_dependency_position,
+    start_waiting,
+    sweep_waiting,
+)
 from .pages import (  # noqa: F401
     active_builds,
     package_versions_matrix,
@@ -46,6 +58,10 @@ from .queue import (  # noqa: F401
     set_build_log,
     set_build_source,
     stuck_builds,
+)
+from .registry import (  # noqa: F401
+    registry_answer,
+    save_registry_answer,
 )
 from .repositories import (  # noqa: F401
     bind_repository,

@@ -19,7 +19,7 @@ async def built_or_pending(cur: aiopg.Cursor, namespace: str, name: str, ref: st
             SELECT 1 FROM repositories r JOIN builds b ON b.repository_id = r.id
             WHERE r.namespace = %(ns)s AND r.name = %(name)s AND b.ref = %(ref)s
               AND coalesce(b.erl_version, %(erl)s) = %(erl)s
-              AND b.status IN ('queued', 'running')
+              AND b.status IN ('queued', 'waiting', 'running')
         ) AS found
         """,
         {"ns": namespace, "name": name, "ref": ref, "erl": erl_version},
@@ -31,7 +31,7 @@ async def family_pending(cur: aiopg.Cursor, root_id: str) -> bool:
     """Whether a build or one split off from it is still queued or running."""
     await cur.execute(
         "SELECT EXISTS (SELECT 1 FROM builds WHERE (id = %(id)s OR parent_id = %(id)s)"
-        " AND status IN ('queued', 'running')) AS pending",
+        " AND status IN ('queued', 'waiting', 'running')) AS pending",
         {"id": root_id},
     )
     return (await cur.fetchone())["pending"]

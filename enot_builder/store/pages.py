@@ -33,8 +33,11 @@ async def queue_rows(cur: aiopg.Cursor, limit: int) -> list[Row]:
         f"""
         SELECT {_BUILD_SUMMARY}, b.worker, {POSITION} AS position
         FROM builds b JOIN repositories r ON r.id = b.repository_id
-        WHERE b.status IN ('queued', 'running')
-        ORDER BY b.status = 'queued', b.priority DESC, b.started_at NULLS LAST, b.queue_seq
+        WHERE b.status IN ('queued', 'waiting', 'running')
+        -- running, then queued in the order they will run, then those waiting for
+        -- their dependencies (they run once released, at their place)
+        ORDER BY array_position(ARRAY['running', 'queued', 'waiting'], b.status::text),
+                 b.priority DESC, b.started_at NULLS LAST, b.queue_seq
         LIMIT %(limit)s
         """,
         {"limit": limit},
@@ -52,9 +55,9 @@ async def queue_position(cur: aiopg.Cursor, build_id: str) -> int | None:
 async def queue_counts(cur: aiopg.Cursor) -> dict[str, int]:
     await cur.execute(
         "SELECT status::text AS status, count(*) AS n FROM builds"
-        " WHERE status IN ('queued', 'running') GROUP BY status"
+        " WHERE status IN ('queued', 'waiting', 'running') GROUP BY status"
     )
-    counts = {"queued": 0, "running": 0}
+    counts = {"queued": 0, "waiting": 0, "running": 0}
     counts.update({row["status"]: row["n"] for row in await cur.fetchall()})
     return counts
 
@@ -122,7 +125,7 @@ async def active_builds(cur: aiopg.Cursor, repository_id: int) -> list[Row]:
         """
         SELECT b.id::text AS id, b.ref, b.erl_version, b.status::text AS status
         FROM builds b
-        WHERE b.repository_id = %(repository_id)s AND b.status IN ('queued', 'running')
+        WHERE b.repository_id = %(repository_id)s AND b.status IN ('queued', 'waiting', 'running')
         ORDER BY b.queue_seq
         """,
         {"repository_id": repository_id},

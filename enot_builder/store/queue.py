@@ -42,7 +42,7 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
         """
         SELECT b.id::text AS id, b.status::text AS status FROM builds b
         WHERE b.repository_id = %(repository_id)s AND b.ref = %(ref)s
-          AND (b.status IN ('queued', 'running')
+          AND (b.status IN ('queued', 'waiting', 'running')
                -- a success still listed: one from a source the name left is not its own
                OR (%(reuse)s AND b.status = 'succeeded' AND b.package_version_id IS NOT NULL))
           AND CASE WHEN %(erl_version)s::text IS NULL THEN b.parent_id IS NULL

@@ -52,7 +52,7 @@ async def rebind_repository(cur: aiopg.Cursor, repository_id: int, *, clone_url:
         await cur.execute(
             "UPDATE builds SET status = 'cancelled', finished_at = now(),"
             " message = 'cancelled: the package name was bound to another repository'"
-            " WHERE repository_id = %(id)s AND status IN ('queued', 'running')",
+            " WHERE repository_id = %(id)s AND status IN ('queued', 'waiting', 'running')",
             {"id": repository_id})
         await cur.execute(
             "UPDATE builds SET package_version_id = NULL WHERE repository_id = %(id)s"

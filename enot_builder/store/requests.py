@@ -60,7 +60,7 @@ async def take_complete_requests(cur: aiopg.Cursor, build_id: str) -> list[str]:
           AND r.notify_email AND r.reported_at IS NULL
           AND NOT EXISTS (
               SELECT 1 FROM request_builds rb JOIN builds b ON b.id = rb.build_id
-              WHERE rb.request_id = r.id AND b.status IN ('queued', 'running'))
+              WHERE rb.request_id = r.id AND b.status IN ('queued', 'waiting', 'running'))
         RETURNING r.id::text AS id
         """,
         {"id": build_id},
