@@ -3,7 +3,7 @@ Werkzeug HTTP server speaking the S3 REST API), run as a subprocess on 127.0.0.1
 a free port. The S3 backend talks to it over HTTP exactly as it talks to AWS; nothing
 of the client is mocked.
 
-Use: `from .s3 import s3_server, s3_settings  # noqa: F401` in a test module.
+conftest.py imports the fixtures, so every test module may ask for them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import pytest
 
 from enot_builder.storage.s3 import S3Settings
 
-from .conftest import free_port
-
 ACCESS_KEY = "enot-test"
 SECRET_KEY = "enot-test-secret"
 
@@ -30,7 +28,9 @@ SECRET_KEY = "enot-test-secret"
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """The endpoint URL of an S3 server that lives as long as the test session."""
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     binary = Path(sys.executable).parent / "moto_server"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
@@ -44,7 +44,7 @@ def s3_server() -> Iterator[str]:
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > end:
-                    raise AssertionError(f"moto_server did not start (exit {process.poll()})")
+                    raise AssertionError(f"moto_server did not start (exit {process.poll()})") from None
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:

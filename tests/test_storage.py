@@ -14,8 +14,6 @@ import pytest
 from enot_builder.storage import s3
 from enot_builder.storage.s3 import S3Settings, S3Storage, StorageError
 
-from .s3 import s3_server, s3_settings  # noqa: F401
-
 
 @pytest.fixture(params=["s3"])
 async def storage(request: Any, s3_settings: S3Settings) -> AsyncIterator[Any]:

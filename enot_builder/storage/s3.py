@@ -135,7 +135,7 @@ class S3Storage:
         try:
             parts = []
             with source.open("rb") as f:
-                for number, offset in enumerate(range(0, size, PART_SIZE), start=1):
+                for number in range(1, -(-size // PART_SIZE) + 1):
                     body = await asyncio.to_thread(f.read, PART_SIZE)
                     answer = await self._client.upload_part(
                         Bucket=bucket, Key=name, UploadId=upload_id, PartNumber=number,
