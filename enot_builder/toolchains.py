@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,32 @@ class Toolchain:
         Not a missing tool like the others: without slirp4netns the server refuses to
         start, rather than give builds the host's network (and its loopback).
         """
-        if builds.sandbox != "bwrap" or self.slirp4netns is not None:
+        if builds.sandbox != "bwrap":
             return None
-        return ("slirp4netns is not installed: sandboxed builds reach the network (git clone, "
-                "and enot with [builds] network = true) only through it, never through the "
-                "host's own network; install the Debian package slirp4netns")
+        if self.slirp4netns is None:
+            return ("slirp4netns is not installed: sandboxed builds reach the network (git "
+                    "clone, and enot with [builds] network = true) only through it, never "
+                    "through the host's own network; install the Debian package slirp4netns")
+        return tun_problem(TUN_DEVICE)
+
+
+# slirp4netns opens it as the build user, from inside the step's user namespace, where
+# only the mode's "other" bits count: Debian's udev makes it 0666, a container without
+# udev may leave it 0600, and then every networked step would fail.
+TUN_DEVICE = Path("/dev/net/tun")
+
+
+def tun_problem(device: Path) -> str | None:
+    try:
+        mode = device.stat().st_mode
+    except OSError as e:
+        return (f"{device} is missing ({e.strerror}): slirp4netns needs it to give a build "
+                "step its network; load the tun module (modprobe tun)")
+    if mode & 0o006 != 0o006:
+        return (f"{device} has mode {stat.S_IMODE(mode):04o}: slirp4netns opens it as the "
+                f"build user, so builds cannot get a network; run `chmod 0666 {device}` "
+                "(Debian's default; `make system-deps` as root does it)")
+    return None
 
 
 def probe_erlang(root: Path, source: str) -> ErlangInstallation | None:

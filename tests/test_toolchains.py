@@ -197,3 +197,15 @@ async def test_health_is_503_while_the_database_is_down(
             break
         await asyncio.sleep(0.2)
     assert (await client.get("/last_builds")).status == 200
+
+
+def test_a_tun_device_the_build_user_cannot_open_is_a_start_up_problem(tmp_path):
+    # A plain file stands in for /dev/net/tun: only its mode is read.
+    device = tmp_path / "tun"
+    device.touch()
+    device.chmod(0o600)
+    problem = toolchains.tun_problem(device)
+    assert problem is not None and "mode 0600" in problem and "chmod 0666" in problem
+    device.chmod(0o666)
+    assert toolchains.tun_problem(device) is None
+    assert "is missing" in toolchains.tun_problem(tmp_path / "absent")

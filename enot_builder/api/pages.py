@@ -2,7 +2,7 @@
 
 Pages live under /ui/ (the home page at /), so they never clash with the protocol's
 JSON endpoints, and the error middleware knows a page by its path. They read through
-store.py like the API does, render templates/*.html, and work without JavaScript;
+the store like the API does, render templates/*.html, and work without JavaScript;
 static/*.js only adds the live log and a JSON path for the request form.
 """
 

@@ -1,0 +1,64 @@
+"""Every SQL statement of the server: named functions over an aiopg cursor.
+
+Parameters are always bound, never formatted into the text. Listings read the
+per-version build pointers in package_versions, so their cost follows the size of
+the answer, not the number of builds ever made. One module a subject; callers use
+`store.<function>` whichever module holds it.
+"""
+
+from __future__ import annotations
+
+from .builds import (  # noqa: F401
+    artifact,
+    build_log_info,
+    build_statuses,
+    get_build,
+    last_builds,
+    newest_artifact,
+    search,
+    successful_builds,
+    successful_versions,
+)
+from .common import TERMINAL, Row
+from .dependencies import (  # noqa: F401
+    built_or_pending,
+    family_pending,
+)
+from .pages import (  # noqa: F401
+    active_builds,
+    package_versions_matrix,
+    queue_counts,
+    queue_position,
+    queue_rows,
+    recent_builds,
+    search_packages,
+    sibling_builds,
+    successful_refs,
+)
+from .queue import (  # noqa: F401
+    claim_build,
+    enqueue_build,
+    finish_build,
+    lock_build_key,
+    requeue_build,
+    running_builds,
+    set_build_erl_version,
+    set_build_log,
+    set_build_source,
+    stuck_builds,
+)
+from .repositories import (  # noqa: F401
+    bind_repository,
+    find_repository,
+    rebind_repository,
+)
+from .requests import (  # noqa: F401
+    create_request,
+    link_build,
+    link_split_build,
+    record_delivery,
+    request_report,
+    take_complete_requests,
+)
+
+__all__ = ["TERMINAL", "Row"]
