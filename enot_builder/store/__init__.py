@@ -8,7 +8,7 @@ the answer, not the number of builds ever made. One module a subject; callers us
 
 from __future__ import annotations
 
-from . import leases  # noqa: F401  (store.leases.<function>: issue 13's queue sharing)
+from . import leases, logs  # noqa: F401  (store.leases.<f>, store.logs.<f>: issue 13)
 from .builds import (  # noqa: F401
     artifact,
     build_log_info,

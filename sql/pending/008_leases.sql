@@ -42,3 +42,17 @@ CREATE TRIGGER builds_queued_updated AFTER UPDATE OF status, not_before ON build
                        AND (OLD.status <> 'queued'
                             OR NEW.not_before IS DISTINCT FROM OLD.not_before))
     EXECUTE FUNCTION builds_notify_queued();
+
+-- A running build's log, shipped by its worker as it grows (a chunk every fraction of a
+-- second), so that any web node can follow any build live, wherever it runs: the
+-- worker's disk is its own. `start` is the chunk's byte offset in the log; a build
+-- taken over by another worker continues after what was shipped. Once the build has
+-- ended and its whole log is in the store, its chunks are dropped (a sweep, a little
+-- later, so that a follower reading them finishes first). Bounded by the log limit.
+CREATE TABLE build_log_chunks (
+    build_id  uuid NOT NULL REFERENCES builds (id) ON DELETE CASCADE,
+    start     bigint NOT NULL,
+    data      bytea NOT NULL,
+    shipped_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (build_id, start)
+);
