@@ -268,3 +268,56 @@ async def test_migration_ends_the_leaseless_running_builds(pg_dsn: str, tmp_path
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
+
+
+async def test_lease_keeper_renews_and_lets_go_of_what_it_lost(pool: Any) -> None:
+    from enot_builder.lease_keeper import LeaseKeeper
+    ours, taken = await queue(pool, "1.0.0"), await queue(pool, "2.0.0")
+    async with db.cursor(pool) as cur:
+        await store.leases.claim_build(cur, "h:1/0", lease=1)
+        await store.leases.claim_build(cur, "h:1/1", lease=1)
+        # Another process's watchdog found the second one's lease over and requeued it.
+        await store.requeue_build(cur, taken, worker="h:1/1", attempt_counts=True)
+    lost: list[str] = []
+    keeper = LeaseKeeper(pool, 60, lambda: {ours: "h:1/0", taken: "h:1/1"}, lost.append)
+    await keeper.renew()
+    assert lost == [taken]
+    async with db.cursor(pool) as cur:
+        await cur.execute("SELECT lease_until > now() + interval '50 s' AS renewed FROM builds"
+                          " WHERE id = %s", (ours,))
+        assert (await cur.fetchone())["renewed"]
+
+
+async def test_expired_leases_are_requeued_until_out_of_attempts(pool: Any) -> None:
+    from enot_builder.lease_keeper import requeue_expired
+    build_id = await queue(pool, "1.0.0")
+    async with db.cursor(pool) as cur:
+        for attempt in (1, 2):
+            claimed = await store.leases.claim_build(cur, f"h:{attempt}/0", lease=60)
+            assert claimed["attempt"] == attempt
+            assert await requeue_expired(cur, max_attempts=2) == [], "the lease still runs"
+            await cur.execute("UPDATE builds SET lease_until = now() - interval '1 s'")
+            assert await requeue_expired(cur, max_attempts=2) == [build_id]
+        build = await store.get_build(cur, build_id)
+    assert (build["status"], build["attempt"]) == ("failed", 2)
+    assert build["message"] == ("its worker h:2/0 stopped renewing its lease, on attempt 2 of 2:"
+                                " given up (a build that kills its worker, or workers dying)")
+
+
+async def test_start_up_ends_the_leases_of_dead_processes_of_its_host(pool: Any) -> None:
+    import os
+
+    from enot_builder.lease_keeper import end_dead_leases_of_host
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
+    ids = [await queue(pool, ref) for ref in ("1.0.0", "2.0.0", "3.0.0", "4.0.0")]
+    async with db.cursor(pool) as cur:
+        for worker in (f"here:{dead.pid}/0", f"here:{os.getppid()}/0",
+                       f"here:{os.getpid()}/0", f"there:{dead.pid}/0"):
+            await store.leases.claim_build(cur, worker, lease=600)
+    assert await end_dead_leases_of_host(pool, "here") == 2
+    async with db.cursor(pool) as cur:
+        expired = {row["id"] for row in await store.leases.expired_leases(cur)}
+    # The dead pid, and this process's own pid (a previous server's, as in a container);
+    # not a live process of this host, nor anything of another host.
+    assert expired == {ids[0], ids[2]}

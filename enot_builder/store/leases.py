@@ -91,3 +91,19 @@ async def listen(cur: aiopg.Cursor, channel: str = QUEUE_CHANNEL) -> None:
 async def ping(cur: aiopg.Cursor) -> None:
     """A round trip: proves a long-lived connection (a listener, a lock holder) alive."""
     await cur.execute("SELECT 1")
+
+
+async def running_on_host(cur: aiopg.Cursor, host: str) -> list[Row]:
+    """Running builds whose worker names this host (`host:pid/n`): id, worker."""
+    await cur.execute("SELECT id::text AS id, worker FROM builds WHERE status = 'running'"
+                      " AND split_part(worker, ':', 1) = %(host)s ORDER BY started_at",
+                      {"host": host})
+    return list(await cur.fetchall())
+
+
+async def end_lease(cur: aiopg.Cursor, build_id: str, worker: str) -> bool:
+    """End a lease now (its holder is known dead): the watchdog's next look requeues it."""
+    await cur.execute("UPDATE builds SET lease_until = now() WHERE id = %(id)s"
+                      " AND worker = %(worker)s AND status = 'running'",
+                      {"id": build_id, "worker": worker})
+    return cur.rowcount == 1
