@@ -94,12 +94,13 @@ class S3Storage:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def object_key(self, key: str) -> str:
-        """The object's name in the bucket: the store's key under the prefix. A key
-        never climbs out of it (keys are made by the server, this is a guard)."""
+    def object_key(self, key: str) -> str | None:
+        """The object's name in the bucket: the store's key under the prefix; None for
+        what is not a key (a key never climbs out of the prefix: keys are made by the
+        server, this is a guard), as the local storage answers."""
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"not a store key: {key!r}")
+            return None
         return self._prefix + key
 
     async def check_bucket(self, create: bool = False) -> None:
@@ -120,6 +121,8 @@ class S3Storage:
 
     async def put(self, key: str, source: Path) -> None:
         name = self.object_key(key)
+        if name is None:
+            raise ValueError(f"not a storage key: {key!r}")
         size = (await asyncio.to_thread(source.stat)).st_size
         if size <= PART_SIZE:
             body = await asyncio.to_thread(source.read_bytes)
@@ -152,9 +155,11 @@ class S3Storage:
             raise
 
     async def stat(self, key: str) -> StoredObject | None:
+        name = self.object_key(key)
+        if name is None:
+            return None
         try:
-            head = await self._client.head_object(Bucket=self.settings.bucket,
-                                                  Key=self.object_key(key))
+            head = await self._client.head_object(Bucket=self.settings.bucket, Key=name)
         except ClientError as e:
             if _code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -163,7 +168,10 @@ class S3Storage:
                             etag=head.get("ETag", "").strip('"'))
 
     async def read(self, key: str, offset: int = 0) -> AsyncIterator[bytes]:
-        kwargs: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": self.object_key(key)}
+        name = self.object_key(key)
+        if name is None:
+            return
+        kwargs: dict[str, Any] = {"Bucket": self.settings.bucket, "Key": name}
         if offset:
             kwargs["Range"] = f"bytes={offset}-"
         try:
@@ -177,12 +185,17 @@ class S3Storage:
                 yield chunk
 
     async def delete(self, key: str) -> None:
-        # S3 answers a delete of a missing key with success too.
-        await self._client.delete_object(Bucket=self.settings.bucket, Key=self.object_key(key))
+        name = self.object_key(key)
+        if name is not None:
+            # S3 answers a delete of a missing key with success too.
+            await self._client.delete_object(Bucket=self.settings.bucket, Key=name)
 
     async def url(self, key: str, expires: int) -> str | None:
+        name = self.object_key(key)
+        if name is None:
+            return None
         return await self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.settings.bucket, "Key": self.object_key(key)},
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": name},
             ExpiresIn=expires)
 
 

@@ -87,8 +87,10 @@ async def test_keys_stay_under_the_prefix(storage: Any, s3_settings: S3Settings,
     listing = await storage._client.list_objects_v2(Bucket=s3_settings.bucket)
     assert [o["Key"] for o in listing["Contents"]] == ["store/logs/ab/x.log"]
     for bad in ("", "/etc/passwd", "logs/../../x", "logs//x", "./x"):
+        assert await storage.stat(bad) is None, bad
+        assert await storage.url(bad, 60) is None, bad
         with pytest.raises(ValueError):
-            await storage.stat(bad)
+            await storage.put(bad, source(tmp_path, b"x"))
 
 
 async def test_credentials_come_from_the_environment(s3_settings: S3Settings,
