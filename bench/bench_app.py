@@ -51,8 +51,8 @@ async def select_one(request: web.Request) -> web.Response:
 
 async def file_only(request: web.Request) -> web.StreamResponse:
     """The artifact response of /download/{id} without its database lookup."""
-    path = request.app[BUILDER].artifacts_dir / request.match_info["path"]
-    return download._artifact_response(request, {
+    path = request.app[BUILDER].layout.artifacts / request.match_info["path"]
+    return await download._artifact_response(request, {
         "id": "bench", "artifact_path": str(path), "artifact_name": path.name,
         "artifact_sha256": ""})
 

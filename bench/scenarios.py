@@ -333,7 +333,7 @@ def build(server: Server, workdir: Path, erl: str, repetitions: int) -> list[Row
         home = root / "home"
         conf = home / ".config" / "enot"
         conf.mkdir(parents=True)
-        # What builder._write_enot_config writes, less the server's own remote cache.
+        # What build/compile.write_enot_config writes, less the server's own remote cache.
         conf.joinpath("global_config.json").write_text(json.dumps({
             "compiler": "enot", "temp_dir": str(root / "tmp"), "default_erlang": erl,
             "cache": [{"name": "local", "type": "local", "url": f"file://{home}/.cache/enot"}],

@@ -14,17 +14,19 @@ from aiohttp import web
 
 from . import connections, db, pgcluster, reachability, toolchains
 from .api import pages
-from .builder import Builder
+from .build import Builder
 from .cache_socket import cache_socket
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
-from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, TOOL_VERSIONS, TOOLCHAIN
+from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, STORAGE, TOOL_VERSIONS, TOOLCHAIN
+from .layout import Layout
 from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
 from .routes import setup_routes
 from .sandbox import Sandbox, SandboxError
+from .storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ def create_app(config: Config) -> web.Application:
                                        connections.body_limits])
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    app[STORAGE] = LocalStorage(config.data_dir)
     pages.setup(app)
     setup_routes(app)
     app.cleanup_ctx.append(database)
@@ -100,8 +103,10 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     reachability.require(await asyncio.to_thread(reachability.build_problems, config, found))
     app[TOOLCHAIN] = found
     app[TOOL_VERSIONS] = await asyncio.to_thread(toolchains.tool_versions, found)
-    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found, protected=(config.data_dir,)))
-    app[ERTS] = ErtsCache(config.data_dir / "erts")
+    layout = Layout(config.data_dir)
+    app[BUILDER] = Builder(config, found, Sandbox(config.builds, found, protected=(config.data_dir,)),
+                           layout, app[STORAGE], app[METRICS])
+    app[ERTS] = ErtsCache(layout, app[STORAGE])
     yield
 
 

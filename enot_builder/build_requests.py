@@ -7,13 +7,14 @@ dependency scans.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import aiopg
+from typing import TYPE_CHECKING, Any
 
 from . import store
-from .errors import ApiError
+from .domain import RepositoryConflict
 from .validation import VersionRequest, host_of, names_match, same_repository
+
+if TYPE_CHECKING:
+    import aiopg
 
 # People first: dependency builds queue below them.
 PRIORITY_PERSON = 10
@@ -78,8 +79,7 @@ async def queue_in_transaction(cur: aiopg.Cursor, request: BuildRequest) -> list
                        "erl_version": version.erl_version, "status": row["status"],
                        "coalesced": row["how"] == "coalesced",
                        "existing": row["how"] == "existing",
-                       "queue_position": await store.queue_position(cur, row["id"]),
-                       "log": f"/build_log?build_id={row['id']}"})
+                       "queue_position": await store.queue_position(cur, row["id"])})
     return queued
 
 
@@ -97,18 +97,18 @@ async def _binding(cur: aiopg.Cursor, request: BuildRequest) -> dict[str, Any]:
         request.github_id)
     if request.github_id is not None and repository["github_id"] not in (
             None, request.github_id):
-        raise ApiError(409, f"{full_name} is bound to GitHub repository id "
-                            f"{repository['github_id']}; this delivery comes from repository "
-                            f"id {request.github_id} (deleted and created again, or an owner "
-                            "renamed?), so it is not built and the binding stays")
+        raise RepositoryConflict(
+            f"{full_name} is bound to GitHub repository id {repository['github_id']}; this "
+            f"delivery comes from repository id {request.github_id} (deleted and created "
+            "again, or an owner renamed?), so it is not built and the binding stays")
     same = same_repository(repository["clone_url"], request.clone_url)
     provisional = repository["bound_by"] == BY_DEPENDENCY
     owners_word = request.bound_by != BY_DEPENDENCY
     if not same and not (provisional and owners_word):
-        raise ApiError(409, f"{full_name} is bound to {repository['clone_url']}, not "
-                            f"{request.clone_url}; a package never moves to another host "
-                            "or repository (only a binding made by a dependency scan gives "
-                            "way to its owner)", bound_clone_url=repository["clone_url"])
+        raise RepositoryConflict(
+            f"{full_name} is bound to {repository['clone_url']}, not {request.clone_url}; a "
+            "package never moves to another host or repository (only a binding made by a "
+            "dependency scan gives way to its owner)", bound_clone_url=repository["clone_url"])
     upgrade = provisional and owners_word
     webhook_news = request.bound_by == BY_WEBHOOK and (
         repository["bound_by"] != BY_WEBHOOK or repository["github_id"] is None

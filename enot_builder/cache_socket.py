@@ -17,18 +17,19 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from . import paths
 from .api import download, listing, toolchain
 from .errors import error_middleware
-from .keys import BUILDER, CACHE_SOCKET, ERTS, METRICS, POOL, TOOLCHAIN
+from .keys import BUILDER, CACHE_SOCKET, ERTS, METRICS, POOL, STORAGE, TOOLCHAIN
 
 
 def cache_app(app: web.Application) -> web.Application:
     sub = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
-    for key in (POOL, BUILDER, TOOLCHAIN, ERTS, METRICS):
+    for key in (POOL, BUILDER, TOOLCHAIN, ERTS, METRICS, STORAGE):
         sub[key] = app[key]
     sub.router.add_post("/get", download.get)
     sub.router.add_post("/versions", listing.versions)
-    sub.router.add_get("/download/{build_id}", download.download)
+    sub.router.add_get(paths.DOWNLOAD, download.download)
     sub.router.add_get("/download_erts/{version}", toolchain.download_erts)
     return sub
 

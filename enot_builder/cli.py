@@ -25,8 +25,9 @@ from . import (
 )
 from . import config as config_module
 from .app import create_app, drain
-from .errors import ApiError
+from .domain import InvalidInput
 from .keys import CONFIG
+from .layout import Layout
 from .sandbox import Sandbox, SandboxError
 
 
@@ -143,7 +144,7 @@ def webhook_secret(config: config_module.Config, repository: str) -> int:
         return 2
     try:
         validation.full_name(repository, "OWNER/REPO")
-    except ApiError as e:
+    except InvalidInput as e:
         print(f"enot-builder: {e.message}", file=sys.stderr)
         return 2
     print(github.repository_secret(config.github.webhook_secret, repository))
@@ -171,7 +172,7 @@ def check(config: config_module.Config) -> int:
         print("postgresql: configured DSN")
     else:
         try:
-            print(f"postgresql: private cluster in {config.data_dir / 'pg'} "
+            print(f"postgresql: private cluster in {Layout(config.data_dir).pg} "
                   f"with {pgcluster.find_pg_bin()}")
             problems += reachability.cluster_problems(config)
         except pgcluster.ClusterError as e:

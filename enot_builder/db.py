@@ -27,6 +27,16 @@ MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 MIGRATION_LOCK = 0x656E6F74
 
 
+# What the driver raises when a statement or the connection fails: the core catches
+# it by this name, so that only this module and store.py know the driver.
+DatabaseError = psycopg2.Error
+
+# What a database outage looks like to a caller that rides it out (the queue's writes, its
+# watchdog, its workers' claims): the driver's errors, and OSError for aiopg's timeouts.
+# Named here so that modules which catch them need not import the driver.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg2.Error, OSError)
+
+
 class SchemaError(Exception):
     pass
 

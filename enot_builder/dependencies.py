@@ -12,16 +12,16 @@ bind only a name nobody has bound, and only provisionally (build_requests).
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import aiopg
-import psycopg2
+from typing import TYPE_CHECKING, Any
 
 from . import store, validation
 from .build_requests import BY_DEPENDENCY, PRIORITY_DEPENDENCY, BuildRequest, queue_in_transaction
 from .config import Config
-from .db import cursor
-from .errors import ApiError
+from .db import DatabaseError, cursor
+from .domain import InvalidInput, RepositoryConflict
+
+if TYPE_CHECKING:
+    import aiopg
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, 
             clone_url = validation.clone_url(url, config.git, config.data_dir)
             ref = validation.ref(tag)
             namespace, name = validation.repository_of(clone_url, "dependency")
-        except ApiError as e:
+        except InvalidInput as e:
             log.info("dependency %s %s of %s is not built here: %s", url, tag, parent, e.message)
             continue
         try:
@@ -50,10 +50,11 @@ async def queue_dependencies(pool: aiopg.Pool, config: Config, build: dict[str, 
                         [validation.VersionRequest(ref, erl_version)],
                         notify_email=False, requested_by=f"dependency of {parent}",
                         priority=PRIORITY_DEPENDENCY, bound_by=BY_DEPENDENCY))
-        except ApiError as e:  # bound to another repository: not ours to build or rebind
+        except (RepositoryConflict, InvalidInput) as e:
+            # Bound to another repository (or its URL names another): not ours to build or rebind.
             log.info("dependency %s/%s of %s skipped: %s", namespace, name, parent, e.message)
             continue
-        except psycopg2.Error as e:
+        except DatabaseError as e:
             log.warning("cannot queue dependency %s/%s %s of %s: %s", namespace, name, ref,
                         parent, e)
             continue

@@ -148,11 +148,18 @@ class DomainError(Exception):
 
 
 class InvalidInput(DomainError):
-    """A field of a request is wrong (400). `field` lets a form show it in place."""
+    """A field of a request is wrong (400). `field` lets a form show it in place.
 
-    def __init__(self, field: str | None, message: str, **details: Any) -> None:
+    `reason` is the message without the field's own name ("is not a valid git tag
+    ..."), for a form whose field is labelled otherwise than the API's; by default
+    the whole message.
+    """
+
+    def __init__(self, field: str | None, message: str, *, reason: str | None = None,
+                 **details: Any) -> None:
         super().__init__(message, **details)
         self.field = field
+        self.reason = reason if reason is not None else message
 
 
 class NotFound(DomainError):

@@ -1,7 +1,9 @@
 """One error shape for the whole API: the protocol's `{"result": false, "response": ...}`.
 
-Handlers raise ApiError; the middleware turns it, aiohttp's own HTTP errors and any
-unexpected exception into that envelope, or, for the HTML pages, into a friendly error
+The core raises the domain's exceptions (domain.py) and knows no status; handlers
+may raise ApiError for what only HTTP has. The middleware turns both, aiohttp's own
+HTTP errors and any unexpected exception into that envelope (STATUS says which domain
+exception is which status), or, for the HTML pages, into a friendly error
 page (templates/error.html). No traceback ever reaches a client: it goes to the log
 with the request it belongs to.
 """
@@ -18,6 +20,16 @@ import psycopg2
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
+from .domain import (
+    DomainError,
+    IntakeClosed,
+    InvalidInput,
+    NotFound,
+    ReleaseNotInstalled,
+    RepositoryConflict,
+    Unavailable,
+)
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,6 +41,24 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.details = details
+
+
+# The status of each refusal of the core (the protocol's, which clients depend on).
+STATUS: dict[type[DomainError], int] = {
+    InvalidInput: 400,
+    ReleaseNotInstalled: 400,
+    NotFound: 404,
+    RepositoryConflict: 409,
+    IntakeClosed: 503,
+    Unavailable: 503,
+}
+
+
+def status_of(error: DomainError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
 
 
 def envelope(payload: Any, status: int = 200) -> web.Response:
@@ -104,6 +134,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status, message, details = e.status, _http_message(request, e), {}
     except ApiError as e:
         status, message, details = e.status, e.message, e.details
+    except DomainError as e:
+        status, message, details = status_of(e), e.message, e.details
     except (psycopg2.OperationalError, psycopg2.InterfaceError, TimeoutError) as e:
         # TimeoutError: aiopg's, when the database does not answer within the pool timeout.
         log.error("database unavailable during %s %s: %s", request.method, request.path, e)
@@ -131,8 +163,8 @@ def refuse_control_characters(request: web.Request) -> None:
     """
     for key, value in request.query.items():
         if CONTROL.search(key) or CONTROL.search(value):
-            raise ApiError(400, f"Query parameter {_printable(key)!r} contains a control "
-                                "character (such as NUL or a newline)")
+            raise InvalidInput(_printable(key), f"Query parameter {_printable(key)!r} contains a control "
+                               "character (such as NUL or a newline)")
 
 
 def _printable(text: str, limit: int = 40) -> str:

@@ -1,27 +1,37 @@
-"""Typed keys for what the application shares (aiohttp's answer to globals)."""
+"""Typed keys for what the application shares (aiohttp's answer to globals).
+
+Nothing of the package is imported at run time (only for the type checker): the
+modules whose objects the keys hold import keys themselves, and an import here would
+make a cycle.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import aiopg
 from aiohttp import web
 
-from .builder import Builder
-from .config import Config
-from .erts import ErtsCache
-from .mail import Mailer
-from .metrics import Metrics
-from .queue import BuildQueue
-from .toolchains import Toolchain
+if TYPE_CHECKING:
+    import aiopg
 
-CONFIG = web.AppKey("config", Config)
-POOL = web.AppKey("pool", aiopg.Pool)
-TOOLCHAIN = web.AppKey("toolchain", Toolchain)
-BUILDER = web.AppKey("builder", Builder)
-QUEUE = web.AppKey("queue", BuildQueue)
-MAILER = web.AppKey("mailer", Mailer)
-ERTS = web.AppKey("erts", ErtsCache)
-TOOL_VERSIONS = web.AppKey("tool_versions", dict)
-CACHE_SOCKET = web.AppKey("cache_socket", Path)
-METRICS = web.AppKey("metrics", Metrics)
+    from .build import Builder
+    from .config import Config
+    from .erts import ErtsCache
+    from .mail import Mailer
+    from .metrics import Metrics
+    from .queue import BuildQueue
+    from .storage import Storage
+    from .toolchains import Toolchain
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+POOL: web.AppKey[aiopg.Pool] = web.AppKey("pool")
+TOOLCHAIN: web.AppKey[Toolchain] = web.AppKey("toolchain")
+BUILDER: web.AppKey[Builder] = web.AppKey("builder")
+QUEUE: web.AppKey[BuildQueue] = web.AppKey("queue")
+MAILER: web.AppKey[Mailer] = web.AppKey("mailer")
+ERTS: web.AppKey[ErtsCache] = web.AppKey("erts")
+TOOL_VERSIONS: web.AppKey[dict[str, Any]] = web.AppKey("tool_versions")
+CACHE_SOCKET: web.AppKey[Path] = web.AppKey("cache_socket", Path)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+STORAGE: web.AppKey[Storage] = web.AppKey("storage")

@@ -13,11 +13,12 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import aiosmtplib
 import jinja2
 
+from . import paths
 from .config import MailConfig
 
 if TYPE_CHECKING:
@@ -49,10 +50,9 @@ def compose(builds: list[dict[str, Any]], public_url: str,
     messages = []
     for recipient, own in sorted(by_author.items()):
         for build in own:
-            build["link"] = (f"{public_url}/download/{build['id']}"
-                             if build["status"] == "succeeded"
-                             else f"{public_url}/build_log?build_id={build['id']}")
-            build["log_link"] = f"{public_url}/build_log?build_id={build['id']}"
+            build["log_link"] = public_url + paths.build_log(build["id"])
+            build["link"] = (public_url + paths.download(build["id"])
+                             if build["status"] == "succeeded" else build["log_link"])
         failed = sum(1 for b in own if b["status"] != "succeeded")
         packages = sorted({f"{b['namespace']}/{b['name']} {b['ref']}" for b in own})
         verdict = "build failed" if failed == len(own) else \
@@ -68,6 +68,10 @@ def compose(builds: list[dict[str, Any]], public_url: str,
                                 subtype="html")
         messages.append(message)
     return messages
+
+
+class Undelivered(Exception):
+    """A report given up on after every retry."""
 
 
 class Mailer:
@@ -121,6 +125,14 @@ class Mailer:
                 self._outbox.task_done()
 
     async def _deliver(self, message: EmailMessage) -> None:
+        """Send one report, retrying; a report given up on is logged and counted."""
+        attempt: Awaitable[None] = self._send_with_retries(message)
+        if self.metrics is not None:
+            attempt = self.metrics.count_mail_failures(attempt, Undelivered)
+        with contextlib.suppress(Undelivered):  # logged where it was given up
+            await attempt
+
+    async def _send_with_retries(self, message: EmailMessage) -> None:
         delay = self.config.retry_delay
         for attempt in range(self.config.retries + 1):
             try:
@@ -138,11 +150,9 @@ class Mailer:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 if attempt == self.config.retries:
                     self.stats.failed += 1
-                    if self.metrics is not None:
-                        self.metrics.record_mail(sent=False)
                     log.error("giving up mailing %s after %d tries: %s", message["To"],
                               attempt + 1, e)
-                    return
+                    raise Undelivered(str(e)) from e
                 self.stats.retried += 1
                 log.warning("mailing %s failed (%s); retrying in %.1f s", message["To"], e, delay)
                 await asyncio.sleep(delay)

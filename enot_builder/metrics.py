@@ -9,23 +9,25 @@ use `metrics.record_download(app)`), so nobody needs to know the metric objects'
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
+from prometheus_async import aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
 from prometheus_client.openmetrics import exposition as openmetrics
+
+from .domain import Stage
 
 if TYPE_CHECKING:
     from .domain import Outcome
 
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Builds take seconds to tens of minutes (builds.timeout defaults to 30 min).
 BUILD_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-# Builder failure messages of the clone step (builder.py `_clone`); see clone_failed().
-CLONE_MESSAGE_PREFIXES = ("git clone ", "tag ")
 
 
 class Metrics:
@@ -42,11 +44,21 @@ class Metrics:
         self.clone_failures = Counter(
             "enot_builder_clone_failures", "Builds that failed at the git clone step",
             registry=r)
+        self.failures = Counter(
+            "enot_builder_build_failures", "Failed builds, by the stage that failed "
+            "(clone, source, release, dependencies, compile, artifact, internal)", ["stage"],
+            registry=r)
+        # Timed by the builder with prometheus_async (aio.time, aio.track_inprogress).
+        self.clone_duration = Histogram(
+            "enot_builder_clone_duration_seconds",
+            "Time to get a build's source: its git clone, or the copy of the clone it was "
+            "split off", buckets=BUILD_BUCKETS, registry=r)
         self.queue_depth = Gauge(
             "enot_builder_queue_depth", "Builds in the database queue, by status "
             "(read at scrape time; all builder processes)", ["status"], registry=r)
         self.running_builds = Gauge(
-            "enot_builder_running_builds", "Builds this process is running now", registry=r)
+            "enot_builder_running_builds", "Builds this process is running now (the builder "
+            "tracks them)", registry=r)
         self.downloads = Counter(
             "enot_builder_artifact_downloads", "Artifacts served (GET /download and POST /get)",
             registry=r)
@@ -63,13 +75,31 @@ class Metrics:
             self.queue_depth.labels(status=status)
         for result in ("succeeded", "failed"):
             self.build_duration.labels(result=result)
+        for stage in Stage:
+            self.failures.labels(stage=stage.value)
 
     def record_build(self, outcome: Outcome, erl_version: str | None, seconds: float) -> None:
         result = "succeeded" if outcome.succeeded else "failed"
         self.builds.labels(result=result, erl_version=erl_version or "unknown").inc()
         self.build_duration.labels(result=result).observe(seconds)
-        if not outcome.succeeded and clone_failed(outcome.message):
-            self.clone_failures.inc()
+        if not outcome.succeeded:
+            stage = outcome.stage or Stage.INTERNAL
+            self.failures.labels(stage=stage.value).inc()
+            if stage == Stage.CLONE:
+                self.clone_failures.inc()
+
+    # prometheus_async over this registry, for the builder and the mailer (which never
+    # import the web side that prometheus_async.aio pulls in): each wraps one awaitable.
+    def time_clone(self, step: Awaitable[T]) -> Awaitable[T]:
+        return aio.time(self.clone_duration, step)
+
+    def track_build(self, build: Awaitable[T]) -> Awaitable[T]:
+        return aio.track_inprogress(self.running_builds, build)
+
+    def count_mail_failures(self, delivery: Awaitable[T],
+                            given_up: type[BaseException]) -> Awaitable[T]:
+        """Count the reports whose delivery ends in `given_up` as failed mails."""
+        return aio.count_exceptions(self.mails_failed, delivery, exc=given_up)
 
     def record_download(self) -> None:
         self.downloads.inc()
@@ -77,10 +107,9 @@ class Metrics:
     def record_mail(self, sent: bool) -> None:
         (self.mails_sent if sent else self.mails_failed).inc()
 
-    def set_queue(self, counts: dict[str, int], running_here: int) -> None:
+    def set_queue(self, counts: dict[str, int]) -> None:
         for status in ("queued", "running"):
             self.queue_depth.labels(status=status).set(counts.get(status, 0))
-        self.running_builds.set(running_here)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format the scraper asked for (OpenMetrics or text 0.0.4)."""
@@ -88,15 +117,6 @@ class Metrics:
             if accepted.split(";")[0].strip() == "application/openmetrics-text":
                 return openmetrics.generate_latest(self.registry), openmetrics.CONTENT_TYPE_LATEST
         return exposition.generate_latest(self.registry), exposition.CONTENT_TYPE_LATEST
-
-
-def clone_failed(message: str) -> bool:
-    """Whether a failed build's message comes from the clone step.
-
-    The builder reports failures as text only; its clone-step messages start with
-    "git clone ..." (failed, timed out) or "tag '...' not found".
-    """
-    return message.startswith(CLONE_MESSAGE_PREFIXES)
 
 
 def of(app: web.Application) -> Metrics:

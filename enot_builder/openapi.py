@@ -14,6 +14,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import GitConfig
+from .domain import Stage
 from .keys import CONFIG
 from .validation import ERL_VERSION as ERL_VERSION_RE
 from .validation import MAX_REF_LENGTH, MAX_URL_LENGTH, MAX_VERSIONS
@@ -102,7 +103,9 @@ BUILD_RESULT = _obj(
 PACKAGE_BUILD = _obj(
     ["build_id", "namespace", "name", "success", "path", "build_date", "version", "erl_version"],
     build_id=UUID, namespace=STRING, name=STRING, success={"type": "boolean"}, path=STRING,
-    build_date=NULLABLE_STRING, version=STRING, erl_version=NULLABLE_STRING)
+    build_date=NULLABLE_STRING, version=STRING, erl_version=NULLABLE_STRING,
+    stage={"type": ["string", "null"], "description": "a failed build's failing step (/search)",
+           "enum": [*(s.value for s in Stage), None]})
 SUCCESSFUL_BUILD = _obj(
     ["build_id", "result", "message", "artifact_path", "created_date"],
     build_id=UUID, result={"const": True}, message=NULLABLE_STRING, artifact_path=STRING,

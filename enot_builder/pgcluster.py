@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .layout import Layout
+
 log = logging.getLogger(__name__)
 
 SUPERUSER = "enot_builder"
@@ -132,7 +134,7 @@ def for_config(data_dir: Path, cluster_user: str) -> Cluster:
                 f"--user-group --no-create-home --shell /usr/sbin/nologin {cluster_user}"
             ) from None
         user = cluster_user
-    return Cluster(data_dir / "pg", user)
+    return Cluster(Layout(data_dir).pg, user)
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -182,7 +182,9 @@ def find_enot(config: Config) -> Path | None:
         return path if path.is_file() and os.access(path, os.X_OK) else None
     bundled = PROJECT_ROOT / ".venv-enot" / "bin" / "enot"
     if bundled.is_file():
-        return bundled
+        # Resolved: a .venv-enot that links to another checkout's must be named where
+        # it is, for the sandbox mounts that directory and not the link.
+        return bundled.resolve()
     found = shutil.which("enot")
     return Path(found) if found else None
 

@@ -1,8 +1,9 @@
 """Checks on everything a client sends, before anything is written.
 
-Each function returns the clean value or raises ApiError(400, message) naming the
-field. Names, refs and URLs end up in paths, git command lines and SQL, so they are
-held to strict shapes here rather than escaped later.
+Each function returns the clean value or raises InvalidInput(field, message), a
+message that names the field (the error middleware answers it with a 400). Names,
+refs and URLs end up in paths, git command lines and SQL, so they are held to strict
+shapes here rather than escaped later.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import unquote, urlsplit
 
-from aiohttp import web
-
 from .config import GitConfig
-from .errors import ApiError
+from .domain import InvalidInput
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 # Whole-value shapes: always applied with fullmatch (a `$` would let "a\n" through).
 NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
@@ -29,43 +31,50 @@ CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 MAX_VERSIONS = 32
 MAX_REF_LENGTH = 255
 MAX_URL_LENGTH = 2048
+TOO_MANY = f"may hold at most {MAX_VERSIONS} entries"
 
 
-def bad(message: str) -> ApiError:
-    return ApiError(400, message)
+def bad(message: str, field: str | None = None) -> InvalidInput:
+    """A refusal of the handlers' own checks (a parameter missing, a header too long)."""
+    return InvalidInput(field, message)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object (aiohttp already enforced the size limit)."""
-    raw = await request.read()
+    """The request body as a JSON object (json_object)."""
+    return json_object(await request.read())
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (the web layer already enforced the size limit)."""
     if not raw:
-        raise bad("The request body is empty; send a JSON object")
+        raise InvalidInput(None, "The request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
     except ValueError as e:  # bad UTF-8, bad JSON, or numbers too long to convert
-        raise bad(f"The request body is not valid JSON: {e}") from None
+        raise InvalidInput(None, f"The request body is not valid JSON: {e}") from None
     except RecursionError:
         # A megabyte of '[' is valid JSON nesting deeper than Python's parser goes.
-        raise bad("The request body nests too deeply") from None
+        raise InvalidInput(None, "The request body nests too deeply") from None
     if not isinstance(body, dict):
-        raise bad("The request body must be a JSON object")
+        raise InvalidInput(None, "The request body must be a JSON object")
     return body
 
 
 def full_name(value: Any, field: str = "full_name") -> tuple[str, str]:
     if not isinstance(value, str):
-        raise bad(f"Field {field!r} must be a string like 'namespace/name'")
+        raise InvalidInput(field, f"Field {field!r} must be a string like 'namespace/name'")
     parts = value.split("/")
     if len(parts) != 2 or not all(_name_part(p) for p in parts):
-        raise bad(f"Field {field!r} must be 'namespace/name' (letters, digits, '.', '_', '-'), "
-                  f"got {_shorten(value)!r}")
+        raise InvalidInput(field,
+                           f"Field {field!r} must be 'namespace/name' (letters, digits, '.', '_', '-'), "
+                           f"got {_shorten(value)!r}")
     return parts[0], parts[1]
 
 
 def name_part(value: str, field: str) -> str:
     if not _name_part(value):
-        raise bad(f"Parameter {field!r} must be letters, digits, '.', '_' or '-', "
-                  f"got {_shorten(value)!r}")
+        raise InvalidInput(field, f"Parameter {field!r} must be letters, digits, '.', '_' or '-', "
+                           f"got {_shorten(value)!r}")
     return value
 
 
@@ -76,10 +85,11 @@ def _name_part(part: str) -> bool:
 def ref(value: Any, field: str = "ref") -> str:
     """A tag name as `git check-ref-format` would accept it, and not an option."""
     if not isinstance(value, str) or not value:
-        raise bad(f"Field {field!r} must be a non-empty string (a git tag)")
+        raise InvalidInput(field, f"Field {field!r} must be a non-empty string (a git tag)")
     problem = ref_problem(value)
     if problem:
-        raise bad(f"Field {field!r} is not a valid git tag ({problem}): {_shorten(value)!r}")
+        reason = f"is not a valid git tag ({problem}): {_shorten(value)!r}"
+        raise InvalidInput(field, f"Field {field!r} {reason}", reason=reason)
     return value
 
 
@@ -110,26 +120,27 @@ def ref_problem(value: str) -> str | None:
 
 def erl_version(value: Any, field: str = "erl_version") -> str:
     if not isinstance(value, str) or not ERL_VERSION.fullmatch(value):
-        raise bad(f"Field {field!r} must be an Erlang/OTP release such as \"25\", "
-                  f"got {_shorten(str(value))!r}")
+        raise InvalidInput(field, f"Field {field!r} must be an Erlang/OTP release such as \"25\", "
+                           f"got {_shorten(str(value))!r}")
     return value
 
 
 def build_id(value: Any, field: str = "build_id") -> str:
     if isinstance(value, int) and not isinstance(value, bool):
-        raise bad(f"Field {field!r}: no build has the id {value}; build ids are UUIDs")
+        raise InvalidInput(field, f"Field {field!r}: no build has the id {value}; build ids are UUIDs")
     if not isinstance(value, str):
-        raise bad(f"Field {field!r} must be a build id (a UUID)")
+        raise InvalidInput(field, f"Field {field!r} must be a build id (a UUID)")
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise bad(f"Field {field!r} is not a build id (a UUID): {_shorten(value)!r}") from None
+        raise InvalidInput(field,
+                           f"Field {field!r} is not a build id (a UUID): {_shorten(value)!r}") from None
 
 
 def boolean(body: dict[str, Any], field: str, default: bool) -> bool:
     value = body.get(field, default)
     if not isinstance(value, bool):
-        raise bad(f"Field {field!r} must be true or false")
+        raise InvalidInput(field, f"Field {field!r} must be true or false")
     return value
 
 
@@ -142,13 +153,15 @@ class VersionRequest:
 def build_versions(value: Any) -> list[VersionRequest]:
     """`versions` of a build request: a non-empty list of {"ref", "erl_version"?}."""
     if not isinstance(value, list) or not value:
-        raise bad("Field 'versions' must be a non-empty list of {\"ref\", \"erl_version\"?}")
+        raise InvalidInput("versions",
+                           "Field 'versions' must be a non-empty list of {\"ref\", \"erl_version\"?}")
     if len(value) > MAX_VERSIONS:
-        raise bad(f"Field 'versions' may hold at most {MAX_VERSIONS} entries")
+        raise InvalidInput("versions", f"Field 'versions' {TOO_MANY}", reason=TOO_MANY)
     result = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise bad(f"versions[{i}] must be an object with 'ref' and optionally 'erl_version'")
+            raise InvalidInput(f"versions[{i}]",
+                               f"versions[{i}] must be an object with 'ref' and optionally 'erl_version'")
         erl = item.get("erl_version")
         result.append(VersionRequest(
             ref(item.get("ref"), f"versions[{i}].ref"),
@@ -167,13 +180,13 @@ def version_filters(value: Any) -> list[dict[str, str]] | None:
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
-        raise bad("Field 'versions' must be a list of {\"ref\"?, \"erl_version\"?}")
+        raise InvalidInput("versions", "Field 'versions' must be a list of {\"ref\"?, \"erl_version\"?}")
     if len(value) > MAX_VERSIONS:
-        raise bad(f"Field 'versions' may hold at most {MAX_VERSIONS} entries")
+        raise InvalidInput("versions", f"Field 'versions' {TOO_MANY}", reason=TOO_MANY)
     filters = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise bad(f"versions[{i}] must be an object")
+            raise InvalidInput(f"versions[{i}]", f"versions[{i}] must be an object")
         clean = {}
         if item.get("ref") is not None:
             clean["ref"] = ref(item["ref"], f"versions[{i}].ref")
@@ -190,47 +203,50 @@ def clone_url(value: Any, git: GitConfig, data_dir: Path) -> str:
     in it or a directory above it (the build sandbox would show it to the build).
     """
     if not isinstance(value, str) or not value:
-        raise bad("Field 'clone_url' must be a non-empty string")
+        raise InvalidInput("clone_url", "Field 'clone_url' must be a non-empty string")
     if len(value) > MAX_URL_LENGTH:
-        raise bad(f"Field 'clone_url' is longer than {MAX_URL_LENGTH} characters")
+        raise InvalidInput("clone_url", f"Field 'clone_url' is longer than {MAX_URL_LENGTH} characters")
     if CONTROL_OR_SPACE.search(value) or value.startswith("-"):
-        raise bad("Field 'clone_url' contains spaces, control characters or starts with '-'")
+        raise InvalidInput("clone_url",
+                           "Field 'clone_url' contains spaces, control characters or starts with '-'")
     if "::" in value.split("/", 1)[0]:
-        raise bad("Field 'clone_url': git remote helpers (such as ext::) are not allowed")
+        raise InvalidInput("clone_url",
+                           "Field 'clone_url': git remote helpers (such as ext::) are not allowed")
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        raise bad("Field 'clone_url' is not a URL") from None
+        raise InvalidInput("clone_url", "Field 'clone_url' is not a URL") from None
     scheme = parts.scheme.lower()
     if scheme not in git.allowed_schemes:
         allowed = ", ".join(git.allowed_schemes)
-        raise bad(f"Field 'clone_url': scheme {scheme or '(none)'!r} is not allowed (allowed: {allowed})")
+        raise InvalidInput("clone_url", f"Field 'clone_url': scheme {scheme or '(none)'!r} is not allowed "
+                           f"(allowed: {allowed})")
     if parts.username is not None or parts.password is not None:
-        raise bad("Field 'clone_url' must not carry credentials")
+        raise InvalidInput("clone_url", "Field 'clone_url' must not carry credentials")
     if parts.query or parts.fragment:
-        raise bad("Field 'clone_url' must not have a query or fragment")
+        raise InvalidInput("clone_url", "Field 'clone_url' must not have a query or fragment")
     if scheme == "file":
         # The builder binds the unquoted path into the sandbox: check that one.
         path = unquote(parts.path)
         if (parts.netloc or not path.startswith("/") or ".." in path.split("/")
                 or CONTROL_OR_SPACE.search(path)):
-            raise bad("Field 'clone_url': a file URL must be file:///absolute/path")
+            raise InvalidInput("clone_url", "Field 'clone_url': a file URL must be file:///absolute/path")
         if _shows(Path(os.path.realpath(path)), data_dir.resolve()):
-            raise bad("Field 'clone_url': a file URL must not name the server's data "
-                      "directory, a directory inside it or one above it")
+            raise InvalidInput("clone_url", "Field 'clone_url': a file URL must not name the server's data "
+                               "directory, a directory inside it or one above it")
         return value
     host = (parts.hostname or "").lower()
     if host not in [h.lower() for h in git.allowed_hosts]:
-        raise bad(f"Field 'clone_url': host {host or '(none)'!r} is not allowed "
-                  f"(allowed: {', '.join(git.allowed_hosts)})")
+        raise InvalidInput("clone_url", f"Field 'clone_url': host {host or '(none)'!r} is not allowed "
+                           f"(allowed: {', '.join(git.allowed_hosts)})")
     del port  # only parsed to reject a malformed one
     if _owner_and_repository(parts.path) is None:
         # Exactly two segments: a longer path (a GitLab subgroup, a fork's path that
         # ends in someone else's owner/name) names a package that is not its owner's.
-        raise bad("Field 'clone_url' must name a repository exactly, like "
-                  f"https://{host}/owner/repo (optionally .git or a trailing /), "
-                  f"got path {_shorten(parts.path or '/')!r}")
+        raise InvalidInput("clone_url", "Field 'clone_url' must name a repository exactly, like "
+                           f"https://{host}/owner/repo (optionally .git or a trailing /), "
+                           f"got path {_shorten(parts.path or '/')!r}")
     return value
 
 
@@ -260,8 +276,8 @@ def repository_of(url: str, field: str = "clone_url") -> tuple[str, str]:
     """namespace/name a hosted clone URL names: its path, exactly /owner/repo[.git]."""
     names = _owner_and_repository(urlsplit(url).path)
     if names is None:
-        raise bad(f"Field {field!r}: {_shorten(url)} does not name a repository as "
-                  "https://host/owner/repo")
+        raise InvalidInput(field, f"Field {field!r}: {_shorten(url)} does not name a repository as "
+                           "https://host/owner/repo")
     return names
 
 
@@ -275,8 +291,9 @@ def names_match(url: str, namespace: str, name: str) -> None:
         return
     owner, repository = repository_of(url)
     if (owner.lower(), repository.lower()) != (namespace.lower(), name.lower()):
-        raise bad(f"Field 'clone_url' names {owner}/{repository}, not {namespace}/{name}: "
-                  "a package is built from its own repository")
+        raise InvalidInput("clone_url",
+                           f"Field 'clone_url' names {owner}/{repository}, not {namespace}/{name}: "
+                           "a package is built from its own repository")
 
 
 def same_repository(url_a: str, url_b: str) -> bool:
@@ -298,16 +315,16 @@ def _identity(url: str) -> tuple[str, str]:
     return (parts.hostname or "").lower(), path.lower()
 
 
-def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
+def int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise bad(f"Parameter {name!r} must be a whole number from {low} to {high}") from None
+        raise InvalidInput(name, f"Parameter {name!r} must be a whole number from {low} to {high}") from None
     if not low <= value <= high:
-        raise bad(f"Parameter {name!r} must be from {low} to {high}, got {value}")
+        raise InvalidInput(name, f"Parameter {name!r} must be from {low} to {high}, got {value}")
     return value
 
 

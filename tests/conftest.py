@@ -283,7 +283,7 @@ def open_gate(client: TestClient, build_id: str) -> None:
     """Let a build held at GATE go on (its work directory is /build inside the sandbox)."""
     from enot_builder.keys import BUILDER
 
-    (client.server.app[BUILDER].work_root / build_id / "go").touch()
+    (client.server.app[BUILDER].layout.work_dir(build_id) / "go").touch()
 
 
 async def one_running_one_queued(client: TestClient,

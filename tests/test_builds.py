@@ -8,7 +8,12 @@ import io
 import tarfile
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
+import pytest
 from aiohttp.test_utils import TestClient
+
+from enot_builder.keys import CONFIG, POOL
 
 from . import projects
 from .conftest import no_process_left, wait_for_status
@@ -56,6 +61,7 @@ async def test_enot_project_builds_and_is_served(client: TestClient, make_repo: 
     log = await r.text()
     assert r.status == 200
     assert "Enot build hello" in log
+    await stored_under_keys(client, build_id, artifact, log)
     assert f"by {projects.AUTHOR_EMAIL}" in log
     assert "SUCCESS" in log
 
@@ -105,6 +111,26 @@ async def test_compile_failure_is_reported_and_not_served(client: TestClient,
     [doc] = (await r.json())["response"]
     assert doc["success"] is False
     assert doc["path"] == f"/build_log?build_id={build_id}"
+    assert doc["stage"] == "compile"  # an extra key of failed builds, clients ignore it
+    r = await client.get(f"/ui/builds/{build_id}")
+    assert '<dd id="stage">the compile step</dd>' in await r.text()
+
+
+async def test_each_failure_records_its_stage(client: TestClient, make_repo: Any,
+                                              db_conn: Any) -> None:
+    url = make_repo("staged", projects.enot_project("staged", erlang=["17"]), branch="feature")
+    status, body = await build_sync(client, "tester/staged", url,
+                                    [{"ref": "9.9.9"}, {"ref": "feature"}, {"ref": "1.0.0"}])
+    assert status == 422, body
+    ids = {b["ref"]: b["build_id"] for b in body["builds"]}
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT id::text, failure_stage FROM builds")
+        stages = dict(cur.fetchall())
+    assert {ref: stages[ids[ref]] for ref in ids} == \
+        {"9.9.9": "clone", "feature": "source", "1.0.0": "release"}
+    # Only a failed build may carry a stage.
+    with db_conn.cursor() as cur, pytest.raises(psycopg2.errors.CheckViolation):
+        cur.execute("UPDATE builds SET status = 'succeeded' WHERE id = %s", (ids["9.9.9"],))
 
 
 async def test_missing_tag_and_branch_fail_clearly(client: TestClient, make_repo: Any) -> None:
@@ -326,3 +352,31 @@ async def test_a_binding_being_decided_does_not_hold_up_a_finishing_build(
         await cur2.execute("INSERT INTO package_versions (repository_id, ref, erl_version)"
                            " VALUES (%s, '1.0.0', '25')", (repo["id"],))
         await cur1.execute("COMMIT")
+
+
+async def stored_under_keys(client: TestClient, build_id: str, artifact: bytes, log: str) -> None:
+    """The row keeps keys relative to the storage; rows of older builds, holding absolute
+    paths under the data directory, are served as well, and nothing outside it is."""
+    from enot_builder.db import cursor
+
+    data_dir = client.server.app[CONFIG].data_dir
+    async with cursor(client.server.app[POOL]) as cur:
+        await cur.execute("SELECT artifact_path, log_path FROM builds WHERE id = %(id)s",
+                          {"id": build_id})
+        row = await cur.fetchone()
+        assert row["artifact_path"] == f"artifacts/{build_id[:2]}/{build_id}/hello.ep"
+        assert row["log_path"] == f"logs/{build_id[:2]}/{build_id}.log"
+        await cur.execute("UPDATE builds SET artifact_path = %(a)s, log_path = %(l)s"
+                          " WHERE id = %(id)s",
+                          {"id": build_id, "a": str(data_dir / row["artifact_path"]),
+                           "l": str(data_dir / row["log_path"])})
+    assert await download(client, build_id) == artifact
+    r = await client.get("/build_log", params={"build_id": build_id})
+    assert await r.text() == log
+    async with cursor(client.server.app[POOL]) as cur:
+        await cur.execute("UPDATE builds SET artifact_path = '/etc/passwd',"
+                          " log_path = '../../etc/passwd' WHERE id = %(id)s", {"id": build_id})
+    r = await client.get(f"/download/{build_id}")
+    assert r.status == 404 and (await r.text()).startswith("No such build")
+    r = await client.get("/build_log", params={"build_id": build_id})
+    assert "root:" not in await r.text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from enot_builder import connections, log_flood, process
 from enot_builder.app import create_app
-from enot_builder.domain import BuildHooks
+from enot_builder.domain import Build, BuildHooks, BuildStatus
 from enot_builder.keys import BUILDER
 from enot_builder.sandbox import Command
 
@@ -423,9 +424,9 @@ async def test_running_out_of_descriptors_is_a_retryable_failure(
     async def ignore(*args: Any) -> Any:
         return None
 
-    build = {"id": "5a5a5a5a-0000-4000-8000-000000000001", "namespace": "tester",
-             "name": "starved", "ref": "1.0.0", "attempt": 1, "parent_id": None,
-             "clone_url": url, "erl_version": None}
+    build = Build(id="5a5a5a5a-0000-4000-8000-000000000001", repository_id=1,
+                  namespace="tester", name="starved", ref="1.0.0", attempt=1, clone_url=url,
+                  erl_version=None, status=BuildStatus.RUNNING)
     try:
         outcome = await builder.run(build, BuildHooks(log_opened, ignore, ignore))
     finally:
@@ -435,7 +436,7 @@ async def test_running_out_of_descriptors_is_a_retryable_failure(
     assert outcome.message == ("server error: the build server ran out of file descriptors "
                                "(Too many open files)")
     # And with no descriptor for the log itself.
-    build["id"] = "5a5a5a5a-0000-4000-8000-000000000002"
+    build = dataclasses.replace(build, id="5a5a5a5a-0000-4000-8000-000000000002")
     with no_free_descriptors():
         outcome = await builder.run(build, BuildHooks(log_opened, ignore, ignore))
     assert outcome.retryable and "ran out of file descriptors" in outcome.message

@@ -27,9 +27,10 @@ from aiohttp.test_utils import TestClient
 from enot_builder import config as config_module
 from enot_builder import store
 from enot_builder.app import create_app
-from enot_builder.builder import BuildFailure, stamp_package
+from enot_builder.build.artifact import stamp_package
 from enot_builder.buildlog import RESERVE
 from enot_builder.db import cursor
+from enot_builder.domain import BuildFailure
 from enot_builder.keys import BUILDER, POOL
 
 from . import projects
@@ -155,7 +156,7 @@ async def test_endless_output_is_cut_and_stops_the_build(make_client: Any, make_
     build, log = await hostile_build(client, "flood", url)
     assert build["status"] == "failed"
     assert "output exceeded the log limit" in build["message"]
-    path = client.server.app[BUILDER].log_path(str(build["id"]))
+    path = client.server.app[BUILDER].layout.log_file(str(build["id"]))
     assert path.stat().st_size <= limit
     assert len(log.encode()) == path.stat().st_size
     assert f"flood-{tag}" in log

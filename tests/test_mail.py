@@ -308,3 +308,15 @@ async def test_a_request_that_joins_a_running_build_gets_its_report(
     await wait_for_mail(inbox, 2)  # one report per request, the joined one's too
     assert [m["Subject"] for _, m in inbox.messages] == [
         "[enot-builder] tester/joined 1.0.0: built"] * 2
+
+
+async def test_a_report_given_up_on_counts_as_a_failed_mail() -> None:
+    # Nothing listens on the port: every try is refused, and the last one gives up.
+    from enot_builder.metrics import Metrics
+
+    counted = Metrics()
+    mailer = Mailer(MailConfig(host="127.0.0.1", port=free_port(), retries=0), counted)
+    await asyncio.wait_for(mailer._deliver(a_report()), 60)
+    assert counted.registry.get_sample_value("enot_builder_mails_failed_total") == 1
+    assert counted.registry.get_sample_value("enot_builder_mails_sent_total") == 0
+    assert mailer.stats.failed == 1

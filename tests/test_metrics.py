@@ -42,6 +42,8 @@ async def test_metrics_exposed_from_a_fresh_app(client: TestClient) -> None:
         "enot_builder_builds": "counter",
         "enot_builder_build_duration_seconds": "histogram",
         "enot_builder_clone_failures": "counter",
+        "enot_builder_build_failures": "counter",
+        "enot_builder_clone_duration_seconds": "histogram",
         "enot_builder_queue_depth": "gauge",
         "enot_builder_running_builds": "gauge",
         "enot_builder_artifact_downloads": "counter",
@@ -100,6 +102,11 @@ async def test_real_builds_move_the_metrics(client: TestClient, make_repo: Any) 
     assert value(samples, "enot_builder_builds_total", result="failed",
                  erl_version="unknown") == 1
     assert value(samples, "enot_builder_clone_failures_total") == 1
+    # Failures are counted by the stage that failed, every stage present from the start.
+    assert value(samples, "enot_builder_build_failures_total", stage="clone") == 1
+    assert value(samples, "enot_builder_build_failures_total", stage="compile") == 0
+    # Both sources were cloned (timed by prometheus_async around the clone step).
+    assert value(samples, "enot_builder_clone_duration_seconds_count") == 2
     assert value(samples, "enot_builder_build_duration_seconds_count", result="succeeded") == 1
     assert value(samples, "enot_builder_build_duration_seconds_sum", result="succeeded") > 0
     assert value(samples, "enot_builder_artifact_downloads_total") == 2

@@ -18,7 +18,7 @@ from aiohttp import web
 from enot_builder import validation
 from enot_builder.app import create_app
 from enot_builder.config import Config, GitConfig
-from enot_builder.errors import ApiError
+from enot_builder.domain import InvalidInput
 from enot_builder.openapi import ERL_VERSION, FULL_NAME, NAME, REF, SPEC, spec
 
 # Routes that serve HTML (and its CSS and JavaScript) to browsers: not part of the
@@ -113,7 +113,7 @@ def test_described_shapes_take_what_validation_takes(shape: str) -> None:
         try:
             check(value)
             valid = True
-        except ApiError:
+        except InvalidInput:
             valid = False
         assert described.is_valid(value) == valid, f"{shape} {value!r}: validation says {valid}"
 
@@ -126,7 +126,7 @@ def test_described_clone_urls_keep_to_the_allowed_schemes() -> None:
     for refused in ("0", "", "https://github.com/a/b\n", "http://github.com/a/b",
                     "ext::sh -c x", "-uhttps://x/a/b", "https://github.com/a b"):
         assert not described.is_valid(refused), refused
-        with pytest.raises(ApiError):
+        with pytest.raises(InvalidInput):
             validation.clone_url(refused, git, Path("/srv/enot-data"))
     for taken in ("https://github.com/a/b", "file:///srv/repos/a"):
         assert described.is_valid(taken)

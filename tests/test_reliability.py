@@ -234,7 +234,7 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
                                                "clone_url": url,
                                                "versions": [{"ref": "1.0.0"}]})
     build_id = (await r.json())["response"][0]["build_id"]
-    log_path = client.server.app[BUILDER].log_path(build_id)
+    log_path = client.server.app[BUILDER].layout.log_file(build_id)
     # Inside enot, held at the gate: past every write the build makes before compiling
     # (its log, its commit, its Erlang release), so the outage meets only its end.
     await eventually(lambda: log_path.exists() and "enot package with" in log_path.read_text(),
@@ -269,12 +269,12 @@ async def test_an_outcome_outlasts_a_long_outage(aiohttp_client: Any, data_dir: 
                                                 make_repo: Any, own_cluster: pgcluster.Cluster,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A build ends while the database is away for longer than writes used to wait."""
-    from enot_builder import queue
+    from enot_builder.queue import writes
 
     # The old budget was DB_WRITE_TRIES x DB_RETRY_SECONDS (a minute); shrunk to 2 s,
     # so that an outage of 8 s here outlasts it many times over.
-    monkeypatch.setattr(queue, "DB_WRITE_TRIES", 2)
-    monkeypatch.setattr(queue, "DB_RETRY_SECONDS", 1.0)
+    monkeypatch.setattr(writes, "DB_WRITE_TRIES", 2)
+    monkeypatch.setattr(writes, "DB_RETRY_SECONDS", 1.0)
     cluster = own_cluster
     config = config_module.Config()
     config.database.dsn = cluster.dsn
@@ -407,9 +407,9 @@ async def test_a_crash_around_a_build_fails_it_and_the_worker_goes_on(
     # A fault injected into our own code (a stand-in for a bug): the build must end
     # failed with a clear message, and the same worker must take the next build.
     client = await make_client(builds__workers=1)
-    from enot_builder.queue import BuildQueue
+    from enot_builder.queue.workers import Workers
 
-    monkeypatch.setattr(BuildQueue, "_build", _crashing_build(BuildQueue._build))
+    monkeypatch.setattr(Workers, "build", _crashing_build(Workers.build))
     url = make_repo("crashy", projects.enot_project("crashy"))
     r = await client.post("/buildAsync", json={"full_name": "tester/crashy", "clone_url": url,
                                                "versions": [{"ref": "1.0.0"}]})
@@ -423,7 +423,7 @@ async def test_a_crash_around_a_build_fails_it_and_the_worker_goes_on(
 
 
 def _crashing_build(original: Any) -> Any:
-    """BuildQueue._build that raises the first time, before the build is recorded."""
+    """Workers.build that raises the first time, before the build is recorded."""
     state = {"crashed": False}
 
     async def crashing(self: Any, build: Any) -> None:

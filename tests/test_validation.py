@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from enot_builder import validation
 from enot_builder.config import GitConfig
-from enot_builder.errors import ApiError
+from enot_builder.domain import InvalidInput
+from enot_builder.errors import status_of
 from enot_builder.validation import MAX_REF_LENGTH, ref_problem, same_repository
 
 from . import projects
@@ -136,9 +137,9 @@ NEWLINE_CASES = [
 
 @pytest.mark.parametrize("check,value", NEWLINE_CASES)
 def test_a_trailing_newline_is_refused(check: object, value: str | None) -> None:
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(InvalidInput) as refused:
         check(value)  # type: ignore[operator]
-    assert refused.value.status == 400
+    assert status_of(refused.value) == 400
 
 
 def test_the_same_values_without_the_newline_pass() -> None:
@@ -162,7 +163,7 @@ def test_file_urls_at_inside_or_above_the_data_dir_are_refused(tmp_path: Path,
     (data_dir / "logs").mkdir(parents=True)
     path = {"at": data_dir, "inside": data_dir / "logs", "above": tmp_path, "root": "/"}[where]
     git = GitConfig(allowed_schemes=["file"])
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(InvalidInput) as refused:
         validation.clone_url(f"file://{path}", git, data_dir)
     assert "must not name the server's data directory" in refused.value.message
     beside = tmp_path / "repos" / "pkg"

@@ -34,7 +34,7 @@ _QUOTE = {'"': "&quot;"}
 async def badge(request: web.Request) -> web.StreamResponse:
     raw = request.query.get("full_name")
     if not raw:
-        raise validation.bad("Parameter 'full_name' is required, like 'namespace/name'")
+        raise validation.bad("Parameter 'full_name' is required, like 'namespace/name'", "full_name")
     namespace, name = validation.full_name(raw)
     async with cursor(request.app[POOL]) as cur:
         refs = await store.successful_refs(cur, namespace, name)

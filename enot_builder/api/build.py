@@ -1,4 +1,4 @@
-"""POST /buildAsync, /buildSync and /rebuild."""
+"""POST /buildAsync, /buildSync and /rebuild, and submit() for every handler that queues."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import store, validation
+from .. import store, submission, validation
 from ..build_requests import BuildRequest
 from ..db import cursor
-from ..errors import ApiError, envelope, error_response
-from ..keys import CONFIG, POOL, QUEUE
-from ..submission import submit
+from ..domain import NotFound
+from ..errors import envelope, error_response
+from ..keys import CONFIG, POOL, QUEUE, TOOLCHAIN
+from . import links
+
+
+async def submit(app: web.Application, build_request: BuildRequest) -> list[dict[str, Any]]:
+    """Queue a request's builds (submission.submit); the entries with their log links."""
+    queued = await submission.submit(app[POOL], app[QUEUE], app[TOOLCHAIN].erlangs,
+                                     build_request)
+    return links.with_logs(app, queued)
 
 
 async def _parse(request: web.Request) -> BuildRequest:
@@ -47,9 +55,9 @@ async def build_sync(request: web.Request) -> web.Response:
             if all(b["status"] in store.TERMINAL for b in builds):
                 break
             if stopped:
-                return _shutting_down(builds)
+                return _shutting_down(request.app, builds)
             await queue.wait_changed(timeout=1.0)
-    results = [_result(b) for b in builds]
+    results = [_result(request.app, b) for b in builds]
     failed = [r for r in results if not r["result"]]
     if failed:
         summary = "; ".join(f"{r['full_name']} {r['ref']} (Erlang {r['erl_version'] or '?'}): "
@@ -59,22 +67,22 @@ async def build_sync(request: web.Request) -> web.Response:
     return envelope(results)
 
 
-def _shutting_down(builds: list[dict[str, Any]]) -> web.Response:
+def _shutting_down(app: web.Application, builds: list[dict[str, Any]]) -> web.Response:
     pending = [b for b in builds if b["status"] not in store.TERMINAL]
-    links = ", ".join(f"/build_log?build_id={b['id']}" for b in pending)
+    logs = ", ".join(links.build_log(app, b["id"]) for b in pending)
     return error_response(
         503, f"The server is shutting down before {len(pending)} of {len(builds)} builds "
-             f"ended; they stay queued and will run when it is back: follow them at {links}",
-        builds=[_result(b) for b in builds])
+             f"ended; they stay queued and will run when it is back: follow them at {logs}",
+        builds=[_result(app, b) for b in builds])
 
 
-def _result(build: dict[str, Any]) -> dict[str, Any]:
+def _result(app: web.Application, build: dict[str, Any]) -> dict[str, Any]:
     ok = build["status"] == "succeeded"
     return {"build_id": build["id"], "full_name": f"{build['namespace']}/{build['name']}",
             "ref": build["ref"], "erl_version": build["erl_version"], "result": ok,
             "status": build["status"], "message": build["message"], "attempts": build["attempt"],
-            "artifact_path": f"/download/{build['id']}" if ok else None,
-            "log": f"/build_log?build_id={build['id']}"}
+            "artifact_path": links.download(app, build["id"]) if ok else None,
+            "log": links.build_log(app, build["id"])}
 
 
 async def rebuild(request: web.Request) -> web.Response:
@@ -89,7 +97,7 @@ async def queue_again(app: web.Application, build_id: str) -> list[dict[str, Any
     async with cursor(app[POOL]) as cur:
         build = await store.get_build(cur, build_id)
     if build is None:
-        raise ApiError(404, f"No such build: {build_id}")
+        raise NotFound(f"No such build: {build_id}")
     versions = [validation.VersionRequest(build["ref"], build["erl_version"])]
     return await submit(app, BuildRequest(
         build["namespace"], build["name"], build["clone_url"], versions,

@@ -17,7 +17,7 @@ async def search(request: web.Request) -> web.Response:
     query = request.query
     name = query.get("name")
     if not name:
-        raise validation.bad("Parameter 'name' is required")
+        raise validation.bad("Parameter 'name' is required", "name")
     validation.name_part(name, "name")
     namespace = query.get("namespace") or None
     if namespace is not None:
@@ -28,7 +28,7 @@ async def search(request: web.Request) -> web.Response:
     erl_version = query.get("erl_version") or None
     if erl_version is not None:
         validation.erl_version(erl_version)
-    limit = validation.int_param(request, "limit", 100, 1, MAX_SEARCH)
+    limit = validation.int_param(request.query, "limit", 100, 1, MAX_SEARCH)
     async with cursor(request.app[POOL]) as cur:
         found = await store.search(cur, name=name, namespace=namespace, version=version,
                                    erl_version=erl_version, limit=limit)
@@ -36,7 +36,7 @@ async def search(request: web.Request) -> web.Response:
 
 
 async def last_builds(request: web.Request) -> web.Response:
-    n = validation.int_param(request, "n", 10, 1, MAX_LAST)
+    n = validation.int_param(request.query, "n", 10, 1, MAX_LAST)
     async with cursor(request.app[POOL]) as cur:
         return envelope_json(await store.last_builds(cur, n))
 

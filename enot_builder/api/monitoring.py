@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .. import metrics, store
 from ..db import cursor
-from ..keys import POOL, QUEUE
+from ..keys import POOL
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -19,7 +19,7 @@ async def metrics_page(request: web.Request) -> web.Response:
     async with cursor(app[POOL]) as cur:
         counts = await store.queue_counts(cur)
     registry = metrics.of(app)
-    registry.set_queue(counts, len(app[QUEUE].running))
+    registry.set_queue(counts)
     body, content_type = registry.exposition(request.headers.get("Accept"))
     response = web.Response(body=body, headers={"Cache-Control": "no-store"})
     # Set apart: aiohttp refuses a content_type argument with parameters in it.

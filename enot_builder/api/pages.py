@@ -20,8 +20,9 @@ from aiohttp import web
 
 from .. import store, validation
 from ..db import cursor
-from ..errors import ApiError
-from ..keys import BUILDER, CONFIG, POOL
+from ..domain import InvalidInput, NotFound
+from ..keys import CONFIG, POOL, STORAGE
+from . import links
 from .badge import version_key
 from .build import queue_again
 
@@ -45,6 +46,7 @@ def setup(app: web.Application) -> None:
     env.globals["duration"] = duration
     env.globals["until"] = until
     env.globals["terminal"] = store.TERMINAL
+    env.globals["url"] = links.template_url
 
 
 # --- formatting helpers for templates ---------------------------------------------
@@ -109,7 +111,7 @@ async def search(request: web.Request) -> web.Response:
         if form[key]:
             try:
                 check(form[key])
-            except ApiError as e:
+            except InvalidInput as e:
                 errors[key] = e.message
     results: list[dict[str, Any]] = []
     if not errors:
@@ -132,7 +134,7 @@ async def package(request: web.Request) -> dict[str, Any]:
     async with cursor(request.app[POOL]) as cur:
         repository = await store.find_repository(cur, namespace, name)
         if repository is None:
-            raise ApiError(404, f"No package {namespace}/{name} is known here")
+            raise NotFound(f"No package {namespace}/{name} is known here")
         cells = await store.package_versions_matrix(cur, repository["id"])
         active = await store.active_builds(cur, repository["id"])
     return {"repository": repository, **matrix(cells, active)}
@@ -176,11 +178,12 @@ async def build(request: web.Request) -> dict[str, Any]:
     async with cursor(request.app[POOL]) as cur:
         found = await store.get_build(cur, build_id)
         if found is None:
-            raise ApiError(404, f"No such build: {build_id}")
+            raise NotFound(f"No such build: {build_id}")
         position = await store.queue_position(cur, build_id)
         siblings = await store.sibling_builds(cur, build_id)
-    log_text = await asyncio.to_thread(_log_tail, request.app[BUILDER].logs_dir,
-                                       found["log_path"])
+    stored = await request.app[STORAGE].stat(found["log_path"]) if found["log_path"] else None
+    log_text = await asyncio.to_thread(_log_tail, stored.local_path) \
+        if stored is not None and stored.local_path is not None else None
     # Queued again after a failed attempt, and not to be taken before not_before.
     retry_at = found["not_before"] if found["status"] == "queued" and found["not_before"] \
         and found["not_before"] > datetime.now(UTC) else None
@@ -193,16 +196,11 @@ async def rebuild(request: web.Request) -> web.Response:
     new build's page (errors are pages, like every error under /ui/)."""
     build_id = validation.build_id(request.match_info["build_id"], "build id")
     queued = await queue_again(request.app, build_id)
-    raise web.HTTPSeeOther(f"/ui/builds/{queued[0]['build_id']}")
+    raise web.HTTPSeeOther(links.build_page(request.app, queued[0]["build_id"]))
 
 
-def _log_tail(logs_dir: Path, log_path: str | None) -> str | None:
+def _log_tail(path: Path) -> str | None:
     """The end of a build's log (the whole of it is one click away at /build_log)."""
-    if not log_path:
-        return None
-    path = Path(log_path)
-    if not path.is_relative_to(logs_dir) or not path.is_file():
-        return None
     with open(path, "rb") as f:
         f.seek(0, 2)
         length = f.tell()

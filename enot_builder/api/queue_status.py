@@ -14,7 +14,7 @@ from ..keys import POOL
 
 
 async def queue(request: web.Request) -> web.Response:
-    limit = validation.int_param(request, "limit", 100, 1, 1000)
+    limit = validation.int_param(request.query, "limit", 100, 1, 1000)
     async with cursor(request.app[POOL]) as cur:
         counts = await store.queue_counts(cur)
         rows = await store.queue_rows(cur, limit)

@@ -16,13 +16,14 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from .. import validation
-from ..errors import ApiError, envelope, error_response
+from ..build_requests import BuildRequest
+from ..domain import DomainError, InvalidInput, ReleaseNotInstalled, RepositoryConflict
+from ..errors import envelope, error_response, status_of
 from ..keys import CONFIG, TOOLCHAIN
-from ..submission import BuildRequest, submit
+from . import links
+from .build import submit
 
 REF_SEPARATORS = re.compile(r"[\s,]+")
-# The API's messages name JSON fields; the form has one field of tags.
-VERSION_FIELD = re.compile(r"Field 'versions\[\d+\]\.ref'")
 FIELDS = ("full_name", "clone_url", "refs", "erl_version")
 
 
@@ -41,18 +42,18 @@ async def request_submit(request: web.Request) -> web.Response:
     versions: list[validation.VersionRequest] = []
     try:
         namespace, name = validation.full_name(form["full_name"])
-    except ApiError as e:
+    except InvalidInput as e:
         errors["full_name"] = e.message
     try:
         clone_url = validation.clone_url(form["clone_url"], request.app[CONFIG].git,
                                          request.app[CONFIG].data_dir)
-    except ApiError as e:
+    except InvalidInput as e:
         errors["clone_url"] = e.message
     erl = form["erl_version"] or None
     try:
         if erl is not None:
             validation.erl_version(erl)
-    except ApiError as e:
+    except InvalidInput as e:
         errors["erl_version"] = e.message
     refs = [r for r in REF_SEPARATORS.split(form["refs"]) if r]
     if not refs:
@@ -61,23 +62,35 @@ async def request_submit(request: web.Request) -> web.Response:
         try:
             versions = validation.build_versions([{"ref": r} for r in refs])
             versions = [validation.VersionRequest(v.ref, erl) for v in versions]
-        except ApiError as e:
-            errors["refs"] = VERSION_FIELD.sub("Tag", e.message).replace("'versions'", "tags")
+        except InvalidInput as e:
+            # The API's messages name JSON fields (versions[0].ref); the form has one
+            # field of tags, so it says what is wrong in its own words.
+            errors["refs"] = f"{'Tag' if (e.field or '').endswith('.ref') else 'Tags'} {e.reason}"
     if errors or namespace is None or name is None or clone_url is None:
         return _refuse(request, form, errors, notify, status=400)
     try:
         queued = await submit(request.app, BuildRequest(
             namespace, name, clone_url, versions, notify_email=notify, requested_by="web"))
-    except ApiError as e:
-        # 409: the name is bound to another clone URL; 400: release not installed;
-        # 503: shutting down. Each belongs to a field, or to the whole form.
-        field = {409: "clone_url", 400: "erl_version"}.get(e.status, "form")
-        return _refuse(request, form, {field: e.message}, notify, status=e.status)
-    location = (f"/ui/builds/{queued[0]['build_id']}" if len(queued) == 1
-                else f"/ui/packages/{namespace}/{name}")
+    except DomainError as e:
+        # The name bound to another clone URL, a release not installed, an invalid
+        # field: each belongs to its field; shutting down to the whole form.
+        field = _field_of(e)
+        return _refuse(request, form, {field: e.message}, notify, status=status_of(e))
+    location = (links.build_page(request.app, queued[0]["build_id"]) if len(queued) == 1
+                else links.package_page(request.app, namespace, name))
     if _wants_json(request):
         return envelope({"builds": queued, "location": location}, status=202)
     raise web.HTTPSeeOther(location)
+
+
+def _field_of(error: DomainError) -> str:
+    if isinstance(error, RepositoryConflict):
+        return "clone_url"
+    if isinstance(error, ReleaseNotInstalled):
+        return "erl_version"
+    if isinstance(error, InvalidInput) and error.field in FIELDS:
+        return error.field
+    return "form"
 
 
 def _wants_json(request: web.Request) -> bool:

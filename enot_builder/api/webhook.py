@@ -11,7 +11,7 @@ from .. import github, validation
 from ..build_requests import BY_WEBHOOK, BuildRequest, Delivery, Duplicate
 from ..errors import ApiError, envelope
 from ..keys import CONFIG
-from ..submission import submit
+from .build import submit
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,9 @@ class Storage(Protocol):
         readers see all of it or nothing); `source` is consumed."""
 
     async def stat(self, key: str) -> Stored | None:
-        """The file under `key`, or None when there is none."""
+        """The file under `key`, or None when there is none (or `key` names nothing
+        this store may serve). `Stored.key` is the key normalised: the local store
+        also takes the absolute paths older rows hold, under its root only."""
 
     def read(self, key: str, offset: int = 0) -> AsyncIterator[bytes]:
         """The bytes under `key` from `offset` on, in chunks."""

@@ -8,6 +8,7 @@ import aiopg
 
 from .common import (
     BUILD_COLUMNS,
+    DOWNLOAD,
     PACKAGE_BUILD_JSON,
     POSITION,
     VERSION_FILTER,
@@ -46,10 +47,15 @@ async def build_statuses(cur: aiopg.Cursor, build_ids: Sequence[str]) -> list[Ro
 
 async def search(cur: aiopg.Cursor, *, name: str, namespace: str | None, version: str | None,
                  erl_version: str | None, limit: int) -> str:
-    """The latest finished build of each matching version, newest first (a JSON array)."""
+    """The latest finished build of each matching version, newest first (a JSON array);
+    a failed one carries the stage that failed ("stage", null when not recorded)."""
     await execute_prepared(
-        cur, "search_v1", json_array(f"""
-        SELECT {PACKAGE_BUILD_JSON} AS doc, b.finished_at AS sort_key
+        cur, "search_v2", json_array(f"""
+        SELECT CASE WHEN b.status = 'failed'
+                    THEN ({PACKAGE_BUILD_JSON}::jsonb
+                          || jsonb_build_object('stage', b.failure_stage))::json
+                    ELSE {PACKAGE_BUILD_JSON} END AS doc,
+               b.finished_at AS sort_key
         FROM repositories r
         JOIN package_versions pv ON pv.repository_id = r.id
         JOIN builds b ON b.id = pv.last_build_id
@@ -90,7 +96,7 @@ async def successful_builds(cur: aiopg.Cursor, namespace: str, name: str,
         cur, "successful_builds_v1", json_array(f"""
         SELECT json_build_object(
             'build_id', b.id, 'result', true, 'message', b.message,
-            'artifact_path', '/download/' || b.id, 'created_date', b.finished_at,
+            'artifact_path', {DOWNLOAD}, 'created_date', b.finished_at,
             'ref', pv.ref, 'erl_version', pv.erl_version,
             'sha256', b.artifact_sha256, 'size', b.artifact_size) AS doc,
             pv.success_at AS sort_key

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import aiopg
 
+from .. import paths
+
 Row = dict[str, Any]
 
 # A build in one of these states has ended.
@@ -24,18 +26,22 @@ BUILD_COLUMNS = """
     b.status::text AS status, b.priority, b.attempt, b.requested_by, b.notify_email,
     b.author_email, b.commit_sha, b.artifact_path, b.artifact_name, b.artifact_sha256,
     b.artifact_size, b.log_path, b.message, b.created_at, b.started_at, b.finished_at,
-    b.worker, b.not_before, r.namespace, r.name, r.clone_url, r.bound_by
+    b.worker, b.not_before, b.failure_stage, r.namespace, r.name, r.clone_url, r.bound_by
 """
 
+# The links the documents carry (paths.py): SQL text, so held to a safe shape.
+assert "'" not in paths.DOWNLOAD_PREFIX + paths.BUILD_LOG_PREFIX
+DOWNLOAD = f"'{paths.DOWNLOAD_PREFIX}' || b.id"
+BUILD_LOG = f"'{paths.BUILD_LOG_PREFIX}' || b.id"
+
 # The protocol's package-build document, built where the data is.
-PACKAGE_BUILD_JSON = """
+PACKAGE_BUILD_JSON = f"""
     json_build_object(
         'build_id', b.id,
         'namespace', r.namespace,
         'name', r.name,
         'success', b.status = 'succeeded',
-        'path', CASE WHEN b.status = 'succeeded' THEN '/download/' || b.id
-                     ELSE '/build_log?build_id=' || b.id END,
+        'path', CASE WHEN b.status = 'succeeded' THEN {DOWNLOAD} ELSE {BUILD_LOG} END,
         'build_date', b.finished_at,
         'version', b.ref,
         'erl_version', b.erl_version

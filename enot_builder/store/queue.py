@@ -189,15 +189,19 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
                        worker: str | None = None,
                        artifact_path: str | None = None, artifact_name: str | None = None,
                        artifact_sha256: str | None = None,
-                       artifact_size: int | None = None) -> bool:
+                       artifact_size: int | None = None,
+                       failure_stage: str | None = None) -> bool:
     """Record the result and move the version's build pointers, in one transaction.
+
+    `failure_stage` (a domain.Stage value) is kept for a failure only.
 
     False when the build was no longer running (as `worker`): nothing was written.
     """
     params = {"id": build_id, "status": "succeeded" if succeeded else "failed",
               "message": message, "artifact_path": artifact_path,
               "artifact_name": artifact_name, "artifact_sha256": artifact_sha256,
-              "artifact_size": artifact_size, "worker": worker}
+              "artifact_size": artifact_size, "worker": worker,
+              "failure_stage": None if succeeded else str(failure_stage or "internal")}
     async with cur.begin():
         await cur.execute("SELECT repository_id, ref FROM builds WHERE id = %(id)s", params)
         key = await cur.fetchone()
@@ -212,7 +216,7 @@ async def finish_build(cur: aiopg.Cursor, build_id: str, *, succeeded: bool, mes
             UPDATE builds SET status = %(status)s::build_status, message = %(message)s,
                    finished_at = now(), artifact_path = %(artifact_path)s,
                    artifact_name = %(artifact_name)s, artifact_sha256 = %(artifact_sha256)s,
-                   artifact_size = %(artifact_size)s
+                   artifact_size = %(artifact_size)s, failure_stage = %(failure_stage)s
             WHERE id = %(id)s AND status = 'running'
               AND (%(worker)s::text IS NULL OR worker = %(worker)s)
             RETURNING repository_id, ref, erl_version

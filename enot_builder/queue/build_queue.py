@@ -1,0 +1,126 @@
+"""The build queue: the database holds it, an asyncio.Queue wakes the workers.
+
+A worker claims the next queued row with FOR UPDATE SKIP LOCKED, builds it, and
+records the outcome: kept on disk first, then written to the database however long
+that takes. At start-up, outcomes a dead process could not write are replayed and the
+other builds it left running go back to the queue; on shutdown, running builds get a
+grace period, then are stopped and requeued. Nothing accepted is lost.
+
+BuildQueue is what the app and the handlers hold; the parts it assembles live beside
+it: workers (claiming, running, requeue on shutdown), watchdog, follow_up, release_split,
+writes (the database write that waits out an outage) and outcomes (recording, replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..layout import Layout
+from .follow_up import FollowUp
+from .outcomes import OutcomeFiles, OutcomeRecorder
+from .watchdog import Watchdog
+from .workers import Workers
+from .writes import DatabaseWriter
+
+if TYPE_CHECKING:
+    import aiopg
+
+    from ..config import Config
+    from .protocol import Builder, Mailer, Metrics
+
+
+class BuildQueue:
+    def __init__(self, pool: aiopg.Pool, config: Config, builder: Builder,
+                 mailer: Mailer, metrics: Metrics | None = None) -> None:
+        self.pool = pool
+        self.config = config
+        self.builder = builder
+        self.mailer = mailer
+        self.metrics = metrics
+        self.worker_count = config.worker_count
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.writer = DatabaseWriter(pool)
+        self.outcomes = OutcomeFiles(Layout(config.data_dir).outcomes)
+        self.recorder = OutcomeRecorder(pool, self.writer, self.outcomes, config.builds)
+        self.follow_up = FollowUp(pool, config, builder, mailer, self.wake)
+        self.workers = Workers(self.name, pool, config.builds, builder, self.writer,
+                               self.recorder, self.follow_up, self._announce, metrics)
+        self.watchdog = Watchdog(pool, config.builds, self.recorder.recording,
+                                 self.workers.kill)
+        self._watchdog: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        # /buildSync handlers waiting for builds to end.
+        self.waiters: set[asyncio.Task[Any]] = set()
+        self.stopped = False
+
+    @property
+    def accepting(self) -> bool:
+        return self.workers.accepting
+
+    def close_intake(self) -> None:
+        """Shutdown has begun: refuse new builds (503) while running ones finish."""
+        self.workers.intake_closed = True
+
+    @property
+    def running(self) -> list[str]:
+        return list(self.workers.running)
+
+    @property
+    def recording(self) -> set[str]:
+        """Builds whose outcome is known here but not yet in the database."""
+        return self.recorder.recording
+
+    @property
+    def idle(self) -> bool:
+        """No build in hand: none being built, none whose follow-up (dependencies, mail)
+        is still to come. What tests wait on before asserting that nothing followed."""
+        return self.workers.in_hand == 0
+
+    async def start(self) -> None:
+        finished = await self.recorder.replay()
+        await self.workers.requeue_orphans()
+        self.builder.prepare_dirs()
+        for build, outcome in finished:
+            await self.follow_up(build, outcome)
+        self.workers.start(self.worker_count)
+        self._watchdog = asyncio.create_task(self.watchdog.run(), name="build-watchdog")
+
+    def wake(self, n: int = 1) -> None:
+        self.workers.wake(n)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count the current task among those waiting for builds to end."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.waiters.add(task)
+        try:
+            yield
+        finally:
+            self.waiters.discard(task)
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Return when some build finished, or after `timeout` seconds."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking work; give running builds `grace` seconds; requeue the rest."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await self.workers.stop(grace)
+        if self._watchdog is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        # Whoever still waits for a build learns that it will not end in this process.
+        self.stopped = True
+        self._announce()

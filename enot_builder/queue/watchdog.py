@@ -1,0 +1,60 @@
+"""The watchdog: builds still running well past their time limit fail, and stop.
+
+The builder enforces the limit itself; this catches what slipped through: a build
+whose supervision hung, or one that a process which died left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Callable, Container
+
+from .. import store
+from ..db import TRANSIENT_ERRORS, cursor
+from ..domain import Stage
+
+if TYPE_CHECKING:
+    import aiopg
+
+    from ..config import BuildsConfig
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog:
+    def __init__(self, pool: aiopg.Pool, config: BuildsConfig, recording: Container[str],
+                 stop_build: Callable[[str], bool]) -> None:
+        """`recording`: builds that ended here and whose outcome is on its way to the
+        database; `stop_build(id)` stops a build running in this process (False when
+        it runs elsewhere)."""
+        self.pool = pool
+        self.limit = config.timeout + config.watchdog_margin
+        self.period = min(30.0, max(1.0, config.watchdog_margin / 4))
+        self.recording = recording
+        self.stop_build = stop_build
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """One look at the running builds."""
+        try:
+            async with cursor(self.pool) as cur:
+                for build_id in await store.stuck_builds(cur, self.limit):
+                    if build_id in self.recording:
+                        continue  # it has ended here; its outcome is on its way
+                    if self.stop_build(build_id):
+                        log.error("watchdog: stopping build %s, running past %d s",
+                                  build_id, self.limit)
+                    else:
+                        log.error("watchdog: build %s of another process ran past %d s; "
+                                  "marking it failed", build_id, self.limit)
+                        await store.finish_build(
+                            cur, build_id, succeeded=False, failure_stage=Stage.INTERNAL,
+                            message=f"stopped by the watchdog: no result {self.limit} s after "
+                                    "it started")
+        except TRANSIENT_ERRORS as e:
+            log.warning("watchdog cannot read the builds: %s", e)

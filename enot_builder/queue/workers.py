@@ -1,0 +1,219 @@
+"""The workers: each claims the next queued build, runs it, and hands its end over.
+
+A worker claims a row with FOR UPDATE SKIP LOCKED (store.claim_build), so several
+workers and processes share one queue. A build stopped by a shutdown goes back to the
+queue; one stopped by the watchdog has failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from .. import store
+from ..db import TRANSIENT_ERRORS, cursor
+from ..domain import Build, BuildHooks, Outcome, Stage
+from . import release_split, writes
+
+if TYPE_CHECKING:
+    import aiopg
+
+    from ..config import BuildsConfig
+    from .outcomes import OutcomeRecorder
+    from .protocol import Builder, Metrics
+    from .writes import DatabaseWriter
+
+log = logging.getLogger(__name__)
+
+# Workers also look at the table this often, for builds queued by another process.
+POLL_SECONDS = 5.0
+INTERNAL_ERROR = "internal error of the build server; it has been logged"
+
+
+@dataclass
+class Running:
+    """A build running here: what it has become so far (the release it took), its task,
+    and whether the watchdog stopped it."""
+    build: Build
+    task: asyncio.Task[Outcome] | None = None
+    killed: bool = False
+
+
+class Workers:
+    def __init__(self, name: str, pool: aiopg.Pool, config: BuildsConfig, builder: Builder,
+                 writer: DatabaseWriter, recorder: OutcomeRecorder,
+                 follow_up: Callable[[Build, Outcome], Awaitable[None]],
+                 announce: Callable[[], None], metrics: Metrics | None = None) -> None:
+        """`name` names this process's workers (`host:pid`, then `/n`); `announce` tells
+        whoever waits that some build ended or will be retried."""
+        self.name = name
+        self.pool = pool
+        self.config = config
+        self.builder = builder
+        self.writer = writer
+        self.recorder = recorder
+        self.follow_up = follow_up
+        self.announce = announce
+        self.metrics = metrics
+        self.stopping = False
+        self.intake_closed = False
+        self.in_hand = 0  # builds claimed here and not yet built and followed up
+        self.running: dict[str, Running] = {}
+        self._wake: asyncio.Queue[None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def accepting(self) -> bool:
+        return not (self.stopping or self.intake_closed)
+
+    def wake(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._wake.put_nowait(None)
+
+    def start(self, count: int) -> None:
+        for i in range(count):
+            self._tasks.append(asyncio.create_task(self._work(i), name=f"build-worker-{i}"))
+        self.wake(count)
+
+    async def requeue_orphans(self) -> int:
+        """Requeue the builds this host's dead processes left running; return how many.
+
+        Another host's are its own business (and the watchdog's). One builder process
+        per host."""
+        async with cursor(self.pool) as cur:
+            orphans = await store.running_builds(cur, socket.gethostname())
+            for build_id in orphans:
+                await store.requeue_build(cur, build_id)
+        if orphans:
+            log.warning("requeued %d build(s) left running by a previous process", len(orphans))
+        return len(orphans)
+
+    async def stop(self, grace: float) -> None:
+        """Claim no more; give running builds `grace` seconds; requeue the rest."""
+        self.stopping = True
+        self.wake(len(self._tasks))
+        if self.running:
+            log.info("waiting up to %.0f s for %d running build(s)", grace, len(self.running))
+        # Idle workers leave at once; busy ones after recording their build.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def kill(self, build_id: str) -> bool:
+        """Stop a build running here, as failed (the watchdog's call); False if it is not."""
+        run = self.running.get(build_id)
+        if run is None or run.task is None:
+            return False
+        run.killed = True
+        run.task.cancel()
+        return True
+
+    async def _work(self, index: int) -> None:
+        worker = f"{self.name}/{index}"
+        while self.accepting:
+            try:
+                async with cursor(self.pool) as cur:
+                    row = await store.claim_build(cur, worker)
+            except TRANSIENT_ERRORS as e:
+                log.warning("worker %s cannot claim builds: %s", worker, e)
+                await asyncio.sleep(writes.DB_RETRY_SECONDS)
+                continue
+            if row is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.get(), POLL_SECONDS)
+                continue
+            build = Build.from_row(row)
+            self.in_hand += 1
+            try:
+                await self.build(build)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Whatever went wrong, the worker lives on, and the build is not left
+                # running (if even this fails, the watchdog's turn comes).
+                log.exception("worker %s failed around build %s", worker, build.id)
+                await self.writer.write(functools.partial(
+                    store.finish_build, build_id=build.id, worker=worker, succeeded=False,
+                    failure_stage=Stage.INTERNAL, message=INTERNAL_ERROR), tries=3)
+                self.announce()
+            finally:
+                self.in_hand -= 1
+
+    async def build(self, build: Build) -> None:
+        """Run a claimed build; record its end (or its retry); follow it up."""
+        log.info("building %s: %s %s erl=%s", build.id, build.full_name, build.ref,
+                 build.erl_version or "(from package)")
+        started = time.monotonic()
+        run = Running(build)
+        run.task = asyncio.create_task(self.builder.run(build, self._hooks(run)))
+        self.running[build.id] = run
+        try:
+            outcome = await run.task
+        except asyncio.CancelledError:
+            worker = asyncio.current_task()
+            if run.killed and worker is not None and worker.cancelling() == 0:
+                # The watchdog stopped this build, not a shutdown: it has failed.
+                outcome = Outcome(False, "stopped by the watchdog: still running "
+                                         f"{self.config.watchdog_margin} s past its "
+                                         f"time limit of {self.config.timeout} s",
+                                  stage=Stage.INTERNAL)
+            else:
+                # Shutdown after the grace period: the cancellation reached the build
+                # too, which stops its subprocess; let it clean up, then requeue it.
+                run.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run.task
+                await asyncio.shield(self._requeue(build))
+                raise
+        except Exception:
+            log.exception("build %s crashed", build.id)
+            outcome = Outcome(False, INTERNAL_ERROR, stage=Stage.INTERNAL)
+        finally:
+            self.running.pop(build.id, None)
+        final = await self.recorder.finish(run.build, outcome)
+        # Whoever waits for this build (/buildSync, the build page) sees its end or retry.
+        self.announce()
+        if final:
+            if self.metrics is not None:
+                self.metrics.record_build(outcome, run.build.erl_version,
+                                          time.monotonic() - started)
+            await self.follow_up(run.build, outcome)
+
+    async def _requeue(self, build: Build) -> None:
+        if await self.writer.write(lambda cur: store.requeue_build(cur, build.id,
+                                                                   worker=build.worker),
+                                   tries=3):
+            log.info("build %s interrupted by shutdown and requeued", build.id)
+        else:
+            # It stays 'running'; the next start-up requeues it.
+            log.error("cannot requeue build %s", build.id)
+
+    def _hooks(self, run: Running) -> BuildHooks:
+        build_id = run.build.id
+
+        async def log_opened(path: str) -> None:
+            await self.writer.write(lambda cur: store.set_build_log(cur, build_id, path))
+
+        async def source_known(sha: str, email: str | None) -> None:
+            await self.writer.write(
+                lambda cur: store.set_build_source(cur, build_id, sha, email))
+
+        async def releases_known(releases: list[str]) -> str:
+            # What this build is, from now on (metrics, the follow-up).
+            run.build = dataclasses.replace(run.build, erl_version=releases[0])
+            queued = await release_split.split(self.writer, run.build, releases)
+            self.wake(len(queued))
+            return releases[0]
+
+        return BuildHooks(log_opened, source_known, releases_known)
