@@ -19,7 +19,19 @@ from .cache_socket import cache_socket
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
-from .keys import BUILDER, CONFIG, ERTS, MAILER, METRICS, POOL, QUEUE, STORAGE, TOOL_VERSIONS, TOOLCHAIN
+from .keys import (
+    BUILDER,
+    CONFIG,
+    DSN,
+    ERTS,
+    MAILER,
+    METRICS,
+    POOL,
+    QUEUE,
+    STORAGE,
+    TOOL_VERSIONS,
+    TOOLCHAIN,
+)
 from .layout import Layout
 from .mail import Mailer
 from .metrics import Metrics, metrics_middleware
@@ -43,7 +55,8 @@ def create_app(config: Config) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
-    app.cleanup_ctx.append(cache_socket)
+    if config.server.role != "web":  # what sandboxed builds read their dependencies from
+        app.cleanup_ctx.append(cache_socket)
     app.cleanup_ctx.append(mailer)
     app.cleanup_ctx.append(build_queue)
     app.on_shutdown.append(refuse_new_builds)
@@ -80,6 +93,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     try:
         await db.migrate(pool)
         app[POOL] = pool
+        app[DSN] = dsn
         yield
     finally:
         pool.close()
@@ -92,7 +106,8 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     found = await asyncio.to_thread(toolchains.discover, config)
     network_problem = found.network_problem(config.builds)
-    if network_problem:
+    builds_here = config.server.role != "web"
+    if network_problem and builds_here:
         # Not a warning and builds that fail: no way to run one without the host's
         # network namespace, so no server.
         raise SandboxError(network_problem)
@@ -100,7 +115,8 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
         log.warning("cannot build: %s", problem)
     # A build user who cannot reach the tools would fail every build, each with the
     # reason only in its log: refuse to start instead.
-    reachability.require(await asyncio.to_thread(reachability.build_problems, config, found))
+    if builds_here:
+        reachability.require(await asyncio.to_thread(reachability.build_problems, config, found))
     app[TOOLCHAIN] = found
     app[TOOL_VERSIONS] = await asyncio.to_thread(toolchains.tool_versions, found)
     layout = Layout(config.data_dir)
@@ -121,7 +137,7 @@ async def mailer(app: web.Application) -> AsyncIterator[None]:
 
 async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS])
+    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS], app[DSN])
     await queue.start()
     app[QUEUE] = queue
     try:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 POOL: web.AppKey[aiopg.Pool] = web.AppKey("pool")
+# The database's DSN, for the connections of their own that LISTEN and locks hold.
+DSN: web.AppKey[str] = web.AppKey("dsn", str)
 TOOLCHAIN: web.AppKey[Toolchain] = web.AppKey("toolchain")
 BUILDER: web.AppKey[Builder] = web.AppKey("builder")
 QUEUE: web.AppKey[BuildQueue] = web.AppKey("queue")

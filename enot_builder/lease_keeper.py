@@ -18,15 +18,11 @@ import os
 from typing import Callable, Mapping
 
 import aiopg
-import psycopg2
 
 from . import store
-from .db import cursor
+from .db import TRANSIENT_ERRORS, cursor
 
 log = logging.getLogger(__name__)
-
-# What a database that went away raises (aiopg's timeouts are OSErrors).
-TRANSIENT_ERRORS = (psycopg2.Error, OSError)
 
 
 class LeaseKeeper:

@@ -80,8 +80,8 @@ async def test_claim_renew_expire_requeue(pool: Any) -> None:
     first = await queue(pool, "1.0.0")
     second = await queue(pool, "2.0.0")
     async with db.cursor(pool) as cur:
-        a = await store.leases.claim_build(cur, "host-a:1/0", lease=60)
-        b = await store.leases.claim_build(cur, "host-b:1/0", lease=60)
+        a = await store.claim_build(cur, "host-a:1/0", lease=60)
+        b = await store.claim_build(cur, "host-b:1/0", lease=60)
         assert (a["id"], b["id"]) == (uuid.UUID(first), uuid.UUID(second))
         assert await store.leases.expired_leases(cur) == []
         # The owner renews its own lease only: a name that is not the owner holds nothing.
@@ -100,7 +100,7 @@ async def test_claim_renew_expire_requeue(pool: Any) -> None:
         assert not await store.finish_build(cur, second, worker="host-b:1/0", succeeded=True,
                                             message="late")
         assert await store.leases.renew_leases(cur, {second: "host-b:1/0"}, lease=60) == set()
-        again = await store.leases.claim_build(cur, "host-a:1/1", lease=60)
+        again = await store.claim_build(cur, "host-a:1/1", lease=60)
         assert (str(again["id"]), again["attempt"], again["worker"]) == \
             (second, 2, "host-a:1/1")
         await cur.execute("SELECT lease_until > now() + interval '50 s' AS fresh FROM builds"
@@ -141,7 +141,7 @@ async def test_queueing_anywhere_notifies_the_listeners(pool: Any, lease_dsn: st
         await eventually(lambda: wakes.count == 4, "a wake-up per build", 10)
         # A claim, a renewal, a finish announce nothing; a requeue does.
         async with db.cursor(pool) as cur:
-            await store.leases.claim_build(cur, "w:1/0", lease=60)
+            await store.claim_build(cur, "w:1/0", lease=60)
             await store.leases.renew_leases(cur, {build_id: "w:1/0"}, lease=60)
             await asyncio.sleep(0.3)
             assert wakes.count == 4
@@ -274,8 +274,8 @@ async def test_lease_keeper_renews_and_lets_go_of_what_it_lost(pool: Any) -> Non
     from enot_builder.lease_keeper import LeaseKeeper
     ours, taken = await queue(pool, "1.0.0"), await queue(pool, "2.0.0")
     async with db.cursor(pool) as cur:
-        await store.leases.claim_build(cur, "h:1/0", lease=1)
-        await store.leases.claim_build(cur, "h:1/1", lease=1)
+        await store.claim_build(cur, "h:1/0", lease=1)
+        await store.claim_build(cur, "h:1/1", lease=1)
         # Another process's watchdog found the second one's lease over and requeued it.
         await store.requeue_build(cur, taken, worker="h:1/1", attempt_counts=True)
     lost: list[str] = []
@@ -293,7 +293,7 @@ async def test_expired_leases_are_requeued_until_out_of_attempts(pool: Any) -> N
     build_id = await queue(pool, "1.0.0")
     async with db.cursor(pool) as cur:
         for attempt in (1, 2):
-            claimed = await store.leases.claim_build(cur, f"h:{attempt}/0", lease=60)
+            claimed = await store.claim_build(cur, f"h:{attempt}/0", lease=60)
             assert claimed["attempt"] == attempt
             assert await requeue_expired(cur, max_attempts=2) == [], "the lease still runs"
             await cur.execute("UPDATE builds SET lease_until = now() - interval '1 s'")
@@ -314,7 +314,7 @@ async def test_start_up_ends_the_leases_of_dead_processes_of_its_host(pool: Any)
     async with db.cursor(pool) as cur:
         for worker in (f"here:{dead.pid}/0", f"here:{os.getppid()}/0",
                        f"here:{os.getpid()}/0", f"there:{dead.pid}/0"):
-            await store.leases.claim_build(cur, worker, lease=600)
+            await store.claim_build(cur, worker, lease=600)
     assert await end_dead_leases_of_host(pool, "here") == 2
     async with db.cursor(pool) as cur:
         expired = {row["id"] for row in await store.leases.expired_leases(cur)}

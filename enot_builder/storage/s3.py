@@ -201,3 +201,10 @@ class S3Storage:
 
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def settings_from(storage: Any) -> S3Settings:
+    """The settings of config.StorageConfig's s3 keys."""
+    return S3Settings(bucket=storage.bucket, prefix=storage.prefix, endpoint=storage.endpoint,
+                      region=storage.region, access_key_id=storage.access_key_id,
+                      secret_access_key=storage.secret_access_key)

@@ -42,7 +42,6 @@ from .queue import (  # noqa: F401
     finish_build,
     lock_build_key,
     requeue_build,
-    running_builds,
     set_build_erl_version,
     set_build_log,
     set_build_source,

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import aiopg
 
-from .common import BUILD_COLUMNS, Row
+from .common import Row
 
 # Where NOTIFY goes when a build is queued (the trigger of 008_leases.sql).
 QUEUE_CHANNEL = "enot_builder_queue"
@@ -16,29 +16,6 @@ QUEUE_CHANNEL = "enot_builder_queue"
 # the other argument names the job.
 _SINGLETON_LOCK = 0x656E6F76
 SINGLETONS = {"watchdog": 1}
-
-
-async def claim_build(cur: aiopg.Cursor, worker: str, lease: float) -> Row | None:
-    """Take the next queued build and hold it for `lease` seconds; concurrent claimers
-    skip each other's rows."""
-    await cur.execute(
-        f"""
-        WITH claimed AS (
-            UPDATE builds SET status = 'running', started_at = now(), finished_at = NULL,
-                              attempt = attempt + 1, worker = %(worker)s,
-                              lease_until = now() + make_interval(secs => %(lease)s)
-            WHERE id = (SELECT id FROM builds WHERE status = 'queued'
-                          AND (not_before IS NULL OR not_before <= now())
-                        ORDER BY priority DESC, queue_seq
-                        LIMIT 1 FOR UPDATE SKIP LOCKED)
-            RETURNING *
-        )
-        SELECT {BUILD_COLUMNS}, b.lease_until
-        FROM claimed b JOIN repositories r ON r.id = b.repository_id
-        """,
-        {"worker": worker, "lease": lease},
-    )
-    return await cur.fetchone()
 
 
 async def renew_leases(cur: aiopg.Cursor, held: Mapping[str, str], lease: float) -> set[str]:
