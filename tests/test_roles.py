@@ -44,6 +44,10 @@ async def test_a_build_queued_by_another_process_wakes_the_workers(
 
 # --- one web process and two worker processes, real ones ---------------------------
 
+# The web node serves what the workers built only once storage.backend = "s3" is wired
+# into the app (issue 13: not done yet).
+UNFINISHED = pytest.mark.skip(reason="unfinished: the S3 storage is not wired into the app")
+
 @pytest.fixture
 async def bucket(s3_settings: S3Settings) -> S3Settings:
     async with S3Storage(s3_settings) as storage:
@@ -83,7 +87,7 @@ def worker_pid(worker: str | None) -> int | None:
     return int(worker.split(":")[1].split("/")[0]) if worker else None
 
 
-@pytest.mark.skip(reason="unfinished: the web node serves artifacts only once storage.backend = \"s3\" is wired into the app (issue 13, phase B)")
+@UNFINISHED
 async def test_one_web_two_workers_build_each_package_once(servers: Any, repos_dir: Path,
                                                            db_conn: Any) -> None:
     count = 40
@@ -130,7 +134,7 @@ async def test_one_web_two_workers_build_each_package_once(servers: Any, repos_d
                 assert "[enot-builder] SUCCESS" in await r.text()
 
 
-@pytest.mark.skip(reason="unfinished: the web node serves artifacts only once storage.backend = \"s3\" is wired into the app (issue 13, phase B)")
+@UNFINISHED
 async def test_a_killed_workers_build_is_finished_by_the_other(servers: Any, make_repo: Any,
                                                                db_conn: Any) -> None:
     web = servers("web", "web", builds={"lease_seconds": 3})
