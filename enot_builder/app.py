@@ -14,14 +14,17 @@ from aiohttp import web
 
 from . import connections, db, pgcluster, reachability, toolchains
 from .api import pages
+from .api.stored_file import Delivery
 from .build import Builder
 from .cache_socket import cache_socket
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
+from .file_cache import SmallFileCache
 from .keys import (
     BUILDER,
     CONFIG,
+    DELIVERY,
     DSN,
     ERTS,
     MAILER,
@@ -38,6 +41,7 @@ from .metrics import Metrics, metrics_middleware
 from .queue import BuildQueue
 from .routes import setup_routes
 from .sandbox import Sandbox, SandboxError
+from .storage import s3
 from .storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
@@ -50,9 +54,17 @@ def create_app(config: Config) -> web.Application:
                                        connections.body_limits])
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app[STORAGE] = LocalStorage(config.data_dir)
+    app[DELIVERY] = Delivery(
+        redirect=config.storage.redirect, presign_seconds=config.storage.presign_seconds,
+        accel_redirect=config.server.accel_redirect,
+        cache=SmallFileCache(config.server.file_cache_mb * 1024 * 1024,
+                             config.server.file_cache_item_kb * 1024))
     pages.setup(app)
     setup_routes(app)
+    if config.storage.backend == "s3":
+        app.cleanup_ctx.append(object_storage)
+    else:
+        app[STORAGE] = LocalStorage(config.data_dir)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
     if config.server.role != "web":  # what sandboxed builds read their dependencies from
@@ -78,6 +90,19 @@ async def drain(app: web.Application) -> None:
     await refuse_new_builds(app)
     if QUEUE in app:
         await app[QUEUE].stop(app[CONFIG].server.shutdown_grace)
+
+
+async def object_storage(app: web.Application) -> AsyncIterator[None]:
+    """storage.backend = "s3": the bucket's client, for as long as the app runs; a
+    bucket that is not there stops the start (storage.bucket names it)."""
+    storage = s3.S3Storage(s3.settings_from(app[CONFIG].storage))
+    await storage.start()
+    try:
+        await storage.check_bucket()
+        app[STORAGE] = storage
+        yield
+    finally:
+        await storage.close()
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import aiopg
 
+    from .api.stored_file import Delivery
     from .build import Builder
     from .config import Config
     from .erts import ErtsCache
@@ -37,3 +38,5 @@ TOOL_VERSIONS: web.AppKey[dict[str, Any]] = web.AppKey("tool_versions")
 CACHE_SOCKET: web.AppKey[Path] = web.AppKey("cache_socket", Path)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
+# How stored files are handed out (api/stored_file.py): redirect, X-Accel-Redirect, cache.
+DELIVERY: web.AppKey[Delivery] = web.AppKey("delivery")

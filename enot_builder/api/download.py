@@ -6,10 +6,8 @@ from aiohttp import web
 
 from .. import metrics, store, validation
 from ..db import cursor
-from ..keys import POOL, STORAGE
-
-# How long a backend's direct link (a presigned URL) stays valid.
-URL_SECONDS = 300
+from ..keys import DELIVERY, POOL, STORAGE
+from .stored_file import respond_with
 
 
 def no_such_build(detail: str) -> web.Response:
@@ -19,26 +17,21 @@ def no_such_build(detail: str) -> web.Response:
 
 
 async def _artifact_response(request: web.Request, artifact: dict) -> web.StreamResponse:
-    storage = request.app[STORAGE]
     key = artifact["artifact_path"]
-    stored = await storage.stat(key) if key else None
-    if stored is None:
-        return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
-    metrics.record_download(request.app)
-    if stored.local_path is None:
-        # A backend with no file here: the client follows a 302 with a GET (PROTOCOL.md).
-        url = await storage.url(stored.key, URL_SECONDS)
-        if url is None:
-            return no_such_build(f"{artifact['id']} (its artifact cannot be served)")
-        raise web.HTTPFound(url)
-    # Artifacts never change once written, so any cache may keep them for good; the
-    # FileResponse adds Content-Length, ETag, Last-Modified, Range and conditional GET.
-    return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers={
+    # Artifacts never change once written (a build id names one file forever), so any
+    # cache may keep them for good (nginx in front: deploy/nginx.conf).
+    headers = {
         "Content-Disposition": f'attachment; filename="{artifact["artifact_name"]}"',
         "Content-Type": "application/octet-stream",
         "Cache-Control": "public, max-age=31536000, immutable",
         "X-Checksum-Sha256": artifact["artifact_sha256"] or "",
-    })
+    }
+    answer = await respond_with(request, request.app[STORAGE], key, headers,
+                                request.app[DELIVERY]) if key else None
+    if answer is None:
+        return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
+    metrics.record_download(request.app)
+    return answer
 
 
 async def download(request: web.Request) -> web.StreamResponse:
