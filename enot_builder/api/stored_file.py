@@ -9,6 +9,7 @@ host, the cache needs memory.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -38,7 +39,7 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
     no such file (the caller answers the protocol's "No such build")."""
     cache = delivery.cache
     if cache is not None and (hit := cache.get(key)) is not None:
-        return web.Response(body=hit.body, headers=hit.headers)
+        return _from_memory(request, hit.body, hit.headers)
     stored = await storage.stat(key)
     if stored is None:
         return None
@@ -56,14 +57,27 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
         return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers=headers)
     if cache is not None and cache.fits(stored.size):
         body = b"".join([chunk async for chunk in storage.read(key)])
-        all_headers = {**headers, "Content-Type": headers.get("Content-Type",
-                                                              "application/octet-stream")}
+        all_headers = {**headers, "ETag": _etag(key, len(body)),
+                       "Content-Type": headers.get("Content-Type", "application/octet-stream")}
         cache.put(key, body, all_headers)
-        return web.Response(body=body, headers=all_headers)
-    response = web.StreamResponse(headers=headers)
+        return _from_memory(request, body, all_headers)
+    response = web.StreamResponse(headers={**headers, "ETag": _etag(key, stored.size)})
     response.content_length = stored.size
     await response.prepare(request)
     async for chunk in storage.read(key):
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+def _etag(key: str, size: int) -> str:
+    """A key names one file forever: the key and the size tell files apart (two builds
+    of one tag may have the same bytes, yet are two files)."""
+    return f'"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{size:x}"'
+
+
+def _from_memory(request: web.Request, body: bytes, headers: Mapping[str, str]) -> web.Response:
+    if request.headers.get("If-None-Match") == headers.get("ETag"):
+        return web.Response(status=304, headers={k: v for k, v in headers.items()
+                                                 if k in ("ETag", "Cache-Control")})
+    return web.Response(body=body, headers=headers)
