@@ -78,3 +78,31 @@ async def test_a_missing_bucket_stops_the_start(make_client: Any, s3_settings: S
     from enot_builder.storage.s3 import StorageError
     with pytest.raises(StorageError, match="does not exist"):
         await make_client(**s3_overrides(s3_settings))
+
+
+async def test_a_running_builds_log_is_followed_from_the_database(
+        make_client: Any, make_repo: Any, s3_settings: S3Settings) -> None:
+    """With an object store, the log of a running build is on its worker's disk only:
+    the worker ships it through PostgreSQL, which any web node reads."""
+    from .conftest import GATE, eventually, open_gate, wait_for_status
+    async with S3Storage(s3_settings) as bucket:
+        await bucket.check_bucket(create=True)
+        client = await make_client(**s3_overrides(s3_settings))
+        url = make_repo("held", projects.enot_project("held", prebuild=[GATE]))
+        r = await client.post("/buildAsync", json={"full_name": "tester/held", "clone_url": url,
+                                                   "versions": [{"ref": "1.0.0"}]})
+        build_id = (await r.json())["response"][0]["build_id"]
+
+        async def shipped() -> str:
+            r = await client.get("/build_log", params={"build_id": build_id})
+            text = await r.text()
+            return text if "enot package with" in text else ""
+        text = await eventually(shipped, "the running build's log, shipped", 120, every=0.5)
+        assert f"build {build_id} of tester/held" in text
+        follow = await client.get("/build_log", params={"build_id": build_id, "follow": "1"})
+        open_gate(client, build_id)
+        followed = await follow.text()  # to the end of the build
+        assert followed.startswith(f"[enot-builder] build {build_id}")
+        assert "[enot-builder] SUCCESS" in followed
+        build = await wait_for_status(client, build_id, ("succeeded",))
+        assert build["status"] == "succeeded"

@@ -56,8 +56,12 @@ class BuildQueue:
         self.outcomes = OutcomeFiles(Layout(config.data_dir).outcomes)
         self.recorder = OutcomeRecorder(pool, self.writer, self.outcomes, config.builds)
         self.follow_up = FollowUp(pool, config, builder, mailer, self.wake)
+        # A log is shipped through the database when a web node elsewhere may follow it.
+        ships = config.server.role != "all" or config.storage.backend != "local"
+        layout = getattr(builder, "layout", None)
         self.workers = Workers(self.name, pool, config.builds, builder, self.writer,
-                               self.recorder, self.follow_up, self._announce, metrics)
+                               self.recorder, self.follow_up, self._announce, metrics,
+                               log_file=layout.log_file if ships and layout else None)
         self.watchdog = Watchdog(pool, config.builds, self.recorder.recording,
                                  self.workers.kill)
         self._watchdog: asyncio.Task[None] | None = None

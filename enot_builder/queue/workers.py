@@ -17,11 +17,13 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from .. import lease_keeper, store
 from ..db import TRANSIENT_ERRORS, cursor
 from ..domain import Build, BuildHooks, Outcome, Stage
+from ..log_shipping import LogShipper
 from . import release_split, writes
 
 if TYPE_CHECKING:
@@ -53,7 +55,8 @@ class Workers:
     def __init__(self, name: str, pool: aiopg.Pool, config: BuildsConfig, builder: Builder,
                  writer: DatabaseWriter, recorder: OutcomeRecorder,
                  follow_up: Callable[[Build, Outcome], Awaitable[None]],
-                 announce: Callable[[], None], metrics: Metrics | None = None) -> None:
+                 announce: Callable[[], None], metrics: Metrics | None = None,
+                 log_file: Callable[[str], Path] | None = None) -> None:
         """`name` names this process's workers (`host:pid`, then `/n`); `announce` tells
         whoever waits that some build ended or will be retried."""
         self.name = name
@@ -69,6 +72,9 @@ class Workers:
         self.intake_closed = False
         self.in_hand = 0  # builds claimed here and not yet built and followed up
         self.running: dict[str, Running] = {}
+        # Where a build's log is written here, when it is shipped to the database for
+        # web nodes elsewhere to follow (log_shipping); None: not shipped.
+        self.log_file = log_file
         # Builds this process holds a lease on (id -> worker), from the claim until
         # their end is recorded.
         self.holding: dict[str, str] = {}
@@ -171,6 +177,10 @@ class Workers:
                  build.erl_version or "(from package)")
         started = time.monotonic()
         run = Running(build)
+        shipper = (LogShipper(self.pool, build.id, self.log_file(build.id))
+                   if self.log_file is not None else None)
+        if shipper is not None:
+            await shipper.__aenter__()
         run.task = asyncio.create_task(self.builder.run(build, self._hooks(run)))
         self.running[build.id] = run
         try:
@@ -202,6 +212,8 @@ class Workers:
             outcome = Outcome(False, INTERNAL_ERROR, stage=Stage.INTERNAL)
         finally:
             self.running.pop(build.id, None)
+            if shipper is not None:
+                await shipper.__aexit__(None, None, None)
         if run.lost:
             log.warning("build %s ended here after this process lost its lease: its "
                         "outcome is not recorded", build.id)
