@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from enot_builder.keys import QUEUE
+from enot_builder.layout import Layout
 from enot_builder.queue import workers
 from enot_builder.storage.s3 import S3Settings, S3Storage
 
@@ -43,10 +44,6 @@ async def test_a_build_queued_by_another_process_wakes_the_workers(
 
 
 # --- one web process and two worker processes, real ones ---------------------------
-
-# The web node serves what the workers built only once storage.backend = "s3" is wired
-# into the app (issue 13: not done yet).
-UNFINISHED = pytest.mark.skip(reason="unfinished: the S3 storage is not wired into the app")
 
 @pytest.fixture
 async def bucket(s3_settings: S3Settings) -> S3Settings:
@@ -87,7 +84,6 @@ def worker_pid(worker: str | None) -> int | None:
     return int(worker.split(":")[1].split("/")[0]) if worker else None
 
 
-@UNFINISHED
 async def test_one_web_two_workers_build_each_package_once(servers: Any, repos_dir: Path,
                                                            db_conn: Any) -> None:
     count = 40
@@ -134,7 +130,6 @@ async def test_one_web_two_workers_build_each_package_once(servers: Any, repos_d
                 assert "[enot-builder] SUCCESS" in await r.text()
 
 
-@UNFINISHED
 async def test_a_killed_workers_build_is_finished_by_the_other(servers: Any, make_repo: Any,
                                                                db_conn: Any) -> None:
     web = servers("web", "web", builds={"lease_seconds": 3})
@@ -163,7 +158,7 @@ async def test_a_killed_workers_build_is_finished_by_the_other(servers: Any, mak
         taken = await eventually(lambda: row()["pid"] == other.process.pid and row(),
                                  "the other worker taking the build over", timeout=120)
         assert taken == {"status": "running", "pid": other.process.pid, "attempt": 2}
-        (other.data_dir / "work" / build_id / "go").touch()
+        (Layout(other.data_dir).work_dir(build_id) / "go").touch()
         await eventually(lambda: row()["status"] == "succeeded", "the build succeeding", 120)
         async with session.get(f"{web.url}/download/{build_id}") as r:
             assert r.status == 200, await r.text()
