@@ -21,6 +21,7 @@ import aiopg
 
 from . import store
 from .db import TRANSIENT_ERRORS, cursor
+from .wakeup import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class LeaseKeeper:
         while True:
             await asyncio.sleep(self.lease / 4)
             await self.renew()
+            raise_if_cancelled(None)  # a cancellation aiopg swallowed mid-query
 
     async def renew(self) -> None:
         held = dict(self.held())

@@ -21,6 +21,7 @@ import psycopg2
 
 from . import store
 from .db import cursor
+from .wakeup import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class LogShipper:
         while True:
             await asyncio.sleep(self.interval)
             await self.ship()
+            raise_if_cancelled(None)  # a cancellation aiopg swallowed mid-query
 
     async def ship(self) -> bool:
         """Ship what the file gained; False when the database refused (tried again on

@@ -21,6 +21,7 @@ import psycopg2
 import psycopg2.extras
 
 from . import store
+from .wakeup import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ async def run_singleton(dsn: str, job_name: str, job: Callable[[], Awaitable[Non
                                      cursor_factory=psycopg2.extras.RealDictCursor) as conn, \
                     conn.cursor() as cur:
                 while not await store.leases.try_singleton(cur, job_name):  # noqa: ASYNC110
+                    raise_if_cancelled(None)
                     await asyncio.sleep(retry)  # the lock is in another process
+                raise_if_cancelled(None)
                 log.info("this process runs the %s (it holds its lock)", job_name)
                 if held:
                     held(True)
@@ -48,6 +51,7 @@ async def run_singleton(dsn: str, job_name: str, job: Callable[[], Awaitable[Non
                         await asyncio.wait([task], timeout=retry)
                         if not task.done():
                             await store.leases.ping(cur)
+                            raise_if_cancelled(None)
                     task.result()  # a job that ended raises here, or ends the loop
                     return
                 finally:
@@ -58,5 +62,6 @@ async def run_singleton(dsn: str, job_name: str, job: Callable[[], Awaitable[Non
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
         except (psycopg2.Error, OSError) as e:
+            raise_if_cancelled(e)
             log.warning("lost the %s lock's connection (%s); trying again", job_name, e)
         await asyncio.sleep(retry)

@@ -57,12 +57,14 @@ class QueueListener:
                                          cursor_factory=psycopg2.extras.RealDictCursor) as conn, \
                         conn.cursor() as cur:
                     await store.leases.listen(cur, self.channel)
+                    raise_if_cancelled(None)
                     self.listening.set()
                     if not first:
                         self.wake(1)  # whatever was queued while we were away
                     first = False
                     await self._relay(conn, cur)
             except (psycopg2.Error, OSError) as e:
+                raise_if_cancelled(e)
                 log.warning("queue listener lost its connection (%s); workers poll until "
                             "it is back", e)
             self.listening.clear()
@@ -74,6 +76,7 @@ class QueueListener:
                 await asyncio.wait_for(conn.notifies.get(), PING_SECONDS)
             except TimeoutError:
                 await store.leases.ping(cur)
+                raise_if_cancelled(None)
                 continue
             # Everything that arrived together is one wake-up per build.
             n = 1
@@ -81,3 +84,12 @@ class QueueListener:
                 conn.notifies.get_nowait()
                 n += 1
             self.wake(n)
+
+
+def raise_if_cancelled(error: BaseException | None) -> None:
+    """aiopg may swallow a cancellation that arrives during a query (it cancels the
+    query and returns), or turn it into a driver error: a task being cancelled must
+    end, not go on or retry forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from error

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Container
 from .. import lease_keeper, store
 from ..db import TRANSIENT_ERRORS, cursor
 from ..domain import Stage
+from ..wakeup import raise_if_cancelled
 
 if TYPE_CHECKING:
     import aiopg
@@ -50,6 +51,7 @@ class Watchdog:
         # A look at once: this process may have just taken over from one that died.
         while True:
             await self.sweep()
+            raise_if_cancelled(None)  # a cancellation aiopg swallowed mid-query
             await asyncio.sleep(self.period)
 
     async def sweep(self) -> None:
