@@ -95,10 +95,10 @@ demo: install  ## offline walk-through: a tagged local repository built, then fe
 # What some tests need beyond `install`: Debian's chromium for the browser test (never
 # a browser Playwright downloads; without recommended packages, which would pull a
 # desktop's worth: the test runs it headless with --no-sandbox) and systemd's
-# systemd-analyze for the unit check. As root they are installed; otherwise those
-# tests skip, except under CI (`CI` set), where a missing prerequisite fails the run
+# systemd-analyze for the unit check, nginx for the test of deploy/nginx.conf. As root
+# they are installed; otherwise those tests skip, except under CI (`CI` set), where a missing prerequisite fails the run
 # here, and the tests that need it fail too: a green CI ran every test.
-TEST_APT_PACKAGES := chromium systemd
+TEST_APT_PACKAGES := chromium systemd nginx-light
 test-deps:  ## install what the browser and systemd tests need (as root; CI fails without)
 	@missing=""; \
 	for pkg in $(TEST_APT_PACKAGES); do \

@@ -14,14 +14,18 @@ from aiohttp import web
 
 from . import connections, db, pgcluster, reachability, signing, toolchains
 from .api import pages
+from .api.stored_file import Delivery
 from .build import Builder
 from .cache_socket import cache_socket
 from .config import Config
 from .errors import error_middleware
 from .erts import ErtsCache
+from .file_cache import SmallFileCache
 from .keys import (
     BUILDER,
     CONFIG,
+    DELIVERY,
+    DSN,
     ERTS,
     MAILER,
     METRICS,
@@ -39,6 +43,7 @@ from .queue import BuildQueue
 from .resolve.registry import Registry
 from .routes import setup_routes
 from .sandbox import Sandbox, SandboxError
+from .storage import s3
 from .storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
@@ -51,12 +56,21 @@ def create_app(config: Config) -> web.Application:
                                        connections.body_limits])
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app[STORAGE] = LocalStorage(config.data_dir)
+    app[DELIVERY] = Delivery(
+        redirect=config.storage.redirect, presign_seconds=config.storage.presign_seconds,
+        accel_redirect=config.server.accel_redirect,
+        cache=SmallFileCache(config.server.file_cache_mb * 1024 * 1024,
+                             config.server.file_cache_item_kb * 1024))
     pages.setup(app)
     setup_routes(app)
+    if config.storage.backend == "s3":
+        app.cleanup_ctx.append(object_storage)
+    else:
+        app[STORAGE] = LocalStorage(config.data_dir)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(toolchain)
-    app.cleanup_ctx.append(cache_socket)
+    if config.server.role != "web":  # what sandboxed builds read their dependencies from
+        app.cleanup_ctx.append(cache_socket)
     app.cleanup_ctx.append(mailer)
     app.cleanup_ctx.append(build_queue)
     app.on_shutdown.append(refuse_new_builds)
@@ -80,6 +94,19 @@ async def drain(app: web.Application) -> None:
         await app[QUEUE].stop(app[CONFIG].server.shutdown_grace)
 
 
+async def object_storage(app: web.Application) -> AsyncIterator[None]:
+    """storage.backend = "s3": the bucket's client, for as long as the app runs; a
+    bucket that is not there stops the start (storage.bucket names it)."""
+    storage = s3.S3Storage(s3.settings_from(app[CONFIG].storage))
+    await storage.start()
+    try:
+        await storage.check_bucket()
+        app[STORAGE] = storage
+        yield
+    finally:
+        await storage.close()
+
+
 async def database(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     cluster = None
@@ -93,6 +120,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     try:
         await db.migrate(pool)
         app[POOL] = pool
+        app[DSN] = dsn
         yield
     finally:
         pool.close()
@@ -105,7 +133,8 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     found = await asyncio.to_thread(toolchains.discover, config)
     network_problem = found.network_problem(config.builds)
-    if network_problem:
+    builds_here = config.server.role != "web"
+    if network_problem and builds_here:
         # Not a warning and builds that fail: no way to run one without the host's
         # network namespace, so no server.
         raise SandboxError(network_problem)
@@ -113,7 +142,8 @@ async def toolchain(app: web.Application) -> AsyncIterator[None]:
         log.warning("cannot build: %s", problem)
     # A build user who cannot reach the tools would fail every build, each with the
     # reason only in its log: refuse to start instead.
-    reachability.require(await asyncio.to_thread(reachability.build_problems, config, found))
+    if builds_here:
+        reachability.require(await asyncio.to_thread(reachability.build_problems, config, found))
     app[TOOLCHAIN] = found
     app[TOOL_VERSIONS] = await asyncio.to_thread(toolchains.tool_versions, found)
     layout = Layout(config.data_dir)
@@ -141,7 +171,7 @@ async def build_queue(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     # Registry dependencies are resolved by the server, through the database's cache.
     app[BUILDER].registry = Registry(app[POOL], config.dependencies.hex_api)
-    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS])
+    queue = BuildQueue(app[POOL], config, app[BUILDER], app[MAILER], app[METRICS], app[DSN])
     await queue.start()
     app[QUEUE] = queue
     try:

@@ -19,14 +19,17 @@ from aiohttp import web
 
 from . import paths
 from .api import download, listing, toolchain
+from .api.stored_file import Delivery
 from .errors import error_middleware
-from .keys import BUILDER, CACHE_SOCKET, ERTS, METRICS, POOL, STORAGE, TOOLCHAIN
+from .keys import BUILDER, CACHE_SOCKET, DELIVERY, ERTS, METRICS, POOL, STORAGE, TOOLCHAIN
 
 
 def cache_app(app: web.Application) -> web.Application:
     sub = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     for key in (POOL, BUILDER, TOOLCHAIN, ERTS, METRICS, STORAGE):
         sub[key] = app[key]
+    # Bytes only: a sandbox reaches neither an object store nor nginx.
+    sub[DELIVERY] = Delivery(cache=app[DELIVERY].cache)
     sub.router.add_post("/get", download.get)
     sub.router.add_post("/versions", listing.versions)
     sub.router.add_get(paths.DOWNLOAD, download.download)

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                             ("check", "show the toolchain found; fail if a part is missing")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        if name == "serve":
+            sub.add_argument("--role", choices=("all", "web", "worker"),
+                             help="web: HTTP only; worker: builds only, no public HTTP; "
+                                  "all (the default, or [server] role): both")
     secret = commands.add_parser("webhook-secret",
                                  help="print the webhook secret of one GitHub repository")
     secret.add_argument("repository", metavar="OWNER/REPO")
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_flood.install()
     try:
-        config = config_module.load(args.config)
+        overrides = {"ENOT_BUILDER_SERVER_ROLE": args.role} if getattr(args, "role", None) else {}
+        config = config_module.load(args.config, env={**os.environ, **overrides})
     except config_module.ConfigError as e:
         print(f"enot-builder: configuration error: {e}", file=sys.stderr)
         return 2
@@ -102,8 +107,13 @@ async def _serve(config: config_module.Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     runner = await connections.start(create_app(config), config, **RUNNER_OPTIONS)
     try:
-        logging.getLogger(__name__).info("listening on http://%s:%d", config.server.host,
-                                         config.server.port)
+        if config.server.role == "worker":
+            logging.getLogger(__name__).info("worker running %d build worker(s), no public "
+                                             "HTTP", config.worker_count)
+        else:
+            logging.getLogger(__name__).info("listening on http://%s:%d (role %s)",
+                                             config.server.host, config.server.port,
+                                             config.server.role)
         await stop.wait()
         await drain(runner.app)
     finally:

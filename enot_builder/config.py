@@ -45,12 +45,36 @@ class ServerConfig:
     badge_style: str = "svg"
     # Bearer token of the operator's endpoints (POST /retire, /unretire); empty: off.
     admin_token: str = ""
+    # What this process does: "all" (HTTP and builds), "web" (HTTP, no builds) or
+    # "worker" (builds, no public HTTP). `serve --role` sets it too.
+    role: str = "all"
+    # Downloads of local files answered with X-Accel-Redirect for nginx to send
+    # (deploy/nginx.conf); only with nginx in front.
+    accel_redirect: bool = False
+    # Small artifacts kept in memory (bytes and headers), least recently used out.
+    file_cache_mb: int = 64
+    file_cache_item_kb: int = 512
 
 
 @dataclass
 class StorageConfig:
     # Holds artifacts/, logs/, work/, erts/ and, without a DSN, the private cluster pg/.
     data_dir: str = "data"
+    # Where artifacts, logs of finished builds and ERTS tarballs live: "local" (under
+    # data_dir) or "s3" (a bucket of any S3-compatible server).
+    backend: str = "local"
+    bucket: str = ""
+    prefix: str = ""
+    # Empty: AWS. Else the URL of another S3-compatible server.
+    endpoint: str = ""
+    region: str = "us-east-1"
+    # Empty: the AWS_* environment variables (or botocore's other sources).
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    # Downloads answered with a redirect to a presigned URL (302, or 303 to a POST)
+    # valid presign_seconds, instead of the bytes through this server.
+    redirect: bool = False
+    presign_seconds: int = 300
 
 
 @dataclass
@@ -106,6 +130,9 @@ class BuildsConfig:
     retry_delay: int = 30
     # A build still running this many seconds past its timeout is failed and killed.
     watchdog_margin: int = 300
+    # Seconds a worker holds a claimed build without renewing (it renews every quarter
+    # of it); past it the build goes back to the queue, counting an attempt.
+    lease_seconds: float = 60.0
     # Unprivileged uid/gid builds run as, inside the sandbox, when the server is root.
     build_user: str = "nobody"
 
@@ -295,6 +322,22 @@ def validate(config: Config) -> None:
             raise ConfigError(f"[server] {key} must be positive")
     if config.server.badge_style not in ("svg", "shields"):
         raise ConfigError('[server] badge_style must be "svg" or "shields"')
+    if config.server.role not in ("all", "web", "worker"):
+        raise ConfigError('[server] role must be "all", "web" or "worker"')
+    if config.server.role != "all" and not config.database.dsn:
+        raise ConfigError(f'[server] role = "{config.server.role}" shares the queue with other '
+                          "processes: it needs [database] dsn (the private cluster is one "
+                          "process's own)")
+    if config.server.file_cache_mb < 0 or config.server.file_cache_item_kb < 0:
+        raise ConfigError("[server] file_cache_mb and file_cache_item_kb must not be negative")
+    if config.storage.backend not in ("local", "s3"):
+        raise ConfigError('[storage] backend must be "local" or "s3"')
+    if config.storage.backend == "s3" and not config.storage.bucket:
+        raise ConfigError('[storage] backend = "s3" needs a bucket')
+    if config.storage.presign_seconds <= 0:
+        raise ConfigError("[storage] presign_seconds must be positive")
+    if config.builds.lease_seconds < 1:
+        raise ConfigError("[builds] lease_seconds must be at least 1")
     if config.builds.workers < 0:
         raise ConfigError("[builds] workers must be 0 (one per core) or more")
     if config.builds.sandbox not in ("bwrap", "none"):

@@ -299,11 +299,13 @@ class _Connection(asyncio.Protocol):
 
 
 async def start(app: web.Application, config: Config, **runner_options: Any) -> BoundedRunner:
-    """Set the app up and listen on server.host:server.port; the caller cleans up."""
+    """Set the app up and listen on server.host:server.port (a worker listens on no
+    port: it serves only its cache socket); the caller cleans up."""
     runner = BoundedRunner(app, config, **runner_options)
     try:
         await runner.setup()
-        await web.TCPSite(runner, config.server.host, config.server.port).start()
+        if config.server.role != "worker":
+            await web.TCPSite(runner, config.server.host, config.server.port).start()
     except BaseException:
         # A start that failed half-way (a context refusing to start, the port taken,
         # a cancellation) still stops what did start: the private cluster above all.

@@ -15,6 +15,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import aiopg
 
+    from .api.stored_file import Delivery
     from .build import Builder
     from .config import Config
     from .erts import ErtsCache
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 POOL: web.AppKey[aiopg.Pool] = web.AppKey("pool")
+# The database's DSN, for the connections of their own that LISTEN and locks hold.
+DSN: web.AppKey[str] = web.AppKey("dsn", str)
 TOOLCHAIN: web.AppKey[Toolchain] = web.AppKey("toolchain")
 BUILDER: web.AppKey[Builder] = web.AppKey("builder")
 QUEUE: web.AppKey[BuildQueue] = web.AppKey("queue")
@@ -37,3 +40,5 @@ CACHE_SOCKET: web.AppKey[Path] = web.AppKey("cache_socket", Path)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
 SIGNING: web.AppKey[SigningKey] = web.AppKey("signing")
+# How stored files are handed out (api/stored_file.py): redirect, X-Accel-Redirect, cache.
+DELIVERY: web.AppKey[Delivery] = web.AppKey("delivery")

@@ -28,6 +28,7 @@ from enot_builder import pgcluster
 from enot_builder.app import create_app
 
 from . import projects
+from .s3 import s3_server, s3_settings  # noqa: F401  (a real S3 server, tests/s3.py)
 
 
 def world_readable_tempdir(prefix: str) -> Path:

@@ -55,6 +55,11 @@ def test_toml_then_environment(tmp_path: Path) -> None:
     ("", {"ENOT_BUILDER_SERVER_PORT": "x"}, "ENOT_BUILDER_SERVER_PORT"),
     ("", {"ENOT_BUILDER_BUILDS_NETWORK": "maybe"}, "expected a boolean"),
     ("", {"ENOT_BUILDER_NOPE_X": "1"}, "no such configuration section"),
+    ("[server]\nrole = \"cook\"\n", {}, 'role must be "all", "web" or "worker"'),
+    ("[server]\nrole = \"worker\"\n", {}, "it needs [database] dsn"),
+    ("[storage]\nbackend = \"ftp\"\n", {}, 'backend must be "local" or "s3"'),
+    ("[storage]\nbackend = \"s3\"\n", {}, 'backend = "s3" needs a bucket'),
+    ("[builds]\nlease_seconds = 0.5\n", {}, "lease_seconds must be at least 1"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str],
                              message: str) -> None:

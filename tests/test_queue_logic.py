@@ -251,7 +251,10 @@ async def test_the_watchdog_fails_another_process_s_build_unless_it_is_being_rec
 
 async def test_kept_outcomes_are_replayed_at_start_before_orphans_are_requeued(
         pool: Any, config: Config) -> None:
-    dead = f"{socket.gethostname()}:1/0"  # a dead process of this host
+    # A dead process of this host: its pid is gone (start-up ends its leases).
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    dead = f"{socket.gethostname()}:{gone.pid}/0"
     kept = await queue_build(pool, "kept", report=True)
     retried = await queue_build(pool, "retried")
     orphan = await queue_build(pool, "orphan")

@@ -122,7 +122,10 @@ def test_sigkill_mid_build_then_restart_completes_it(server: Server, make_repo: 
     with db_conn.cursor() as cur:
         cur.execute("SELECT attempt, log_path FROM builds WHERE id = %s", (build_id,))
         attempt, log_path = cur.fetchone()
-    assert attempt == 1  # the attempt the SIGKILL interrupted does not count
+    # The SIGKILLed attempt counts (issue 13: a build whose worker died goes back to the
+    # queue by its expired lease, counting an attempt, so that one killing its worker
+    # every time ends; the restarted process ends the dead one's lease at once).
+    assert attempt == 2
     # The row keeps the log's key in the storage: relative to the data directory.
     assert "marker-survivor-slept" in (data_dir / log_path).read_text()
 

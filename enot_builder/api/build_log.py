@@ -7,7 +7,7 @@ import asyncio
 
 from aiohttp import web
 
-from .. import store, validation
+from .. import log_shipping, store, validation
 from ..db import cursor
 from ..errors import ApiError
 from ..keys import POOL, STORAGE
@@ -28,6 +28,12 @@ async def build_log(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, f"No such build: {build_id}")
     if not follow or info["status"] in store.TERMINAL:
         stored = await request.app[STORAGE].stat(info["log_path"]) if info["log_path"] else None
+        if info["status"] == "running" and (stored is None or stored.local_path is None):
+            # Running on another host: what its worker has shipped so far.
+            shipped = b"".join([c async for c in log_shipping.follow_chunks(
+                request.app[POOL], build_id, 0)])
+            if shipped:
+                return web.Response(body=shipped, content_type="text/plain", charset="utf-8")
         if stored is None:
             return web.Response(text=_placeholder(info), content_type="text/plain")
         if stored.local_path is not None:
@@ -72,7 +78,13 @@ async def _stream(request: web.Request, response: web.StreamResponse, build_id: 
         if key is None and info["status"] == "queued" and not said_queued:
             await response.write(_placeholder(info).encode())
             said_queued = True
-        if key is not None:
+        if key is not None and info["status"] == "running" and not await _here(storage, key):
+            # Built on another host (or into an object store): its worker ships the log
+            # through the database as it grows.
+            async for chunk in log_shipping.follow_chunks(pool, build_id, offset):
+                await response.write(chunk)
+                offset += len(chunk)
+        elif key is not None:
             offset = await _send_from(response, storage, key, offset)
         if info["status"] in store.TERMINAL:
             if key is not None:
@@ -90,3 +102,9 @@ async def _send_from(response: web.StreamResponse, storage: Storage, key: str,
         await response.write(chunk)
         offset += len(chunk)
     return offset
+
+
+async def _here(storage: Storage, key: str) -> bool:
+    """Whether the log is a file of this host that grows as the build runs."""
+    stored = await storage.stat(key)
+    return stored is not None and stored.local_path is not None

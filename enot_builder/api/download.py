@@ -6,11 +6,9 @@ from aiohttp import web
 
 from .. import metrics, store, validation
 from ..db import cursor
-from ..keys import POOL, STORAGE
+from ..keys import DELIVERY, POOL, STORAGE
 from . import digest
-
-# How long a backend's direct link (a presigned URL) stays valid.
-URL_SECONDS = 300
+from .stored_file import respond_with
 
 
 def no_such_build(detail: str) -> web.Response:
@@ -20,35 +18,28 @@ def no_such_build(detail: str) -> web.Response:
 
 
 async def _artifact_response(request: web.Request, artifact: dict) -> web.StreamResponse:
-    storage = request.app[STORAGE]
     key = artifact["artifact_path"]
-    stored = await storage.stat(key) if key else None
-    if stored is None:
-        return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
-    metrics.record_download(request.app)
     sha256 = artifact["artifact_sha256"]
-    if sha256 and (unchanged := digest.not_modified(
-            request, sha256, {"Cache-Control": "public, max-age=31536000, immutable"})):
+    immutable = {"Cache-Control": "public, max-age=31536000, immutable"}
+    if key and sha256 and (unchanged := digest.not_modified(request, sha256, immutable)):
         return unchanged
-    if stored.local_path is None:
-        # A backend with no file here: the client follows a 302 with a GET (PROTOCOL.md).
-        url = await storage.url(stored.key, URL_SECONDS)
-        if url is None:
-            return no_such_build(f"{artifact['id']} (its artifact cannot be served)")
-        raise web.HTTPFound(url)
-    # Artifacts never change once written, so any cache may keep them for good. The
-    # sha256 is their validator: Repr-Digest and a strong ETag (api/digest.py); the
-    # FileResponse adds Content-Length, Last-Modified and Range.
+    # Artifacts never change once written (a build id names one file forever), so any
+    # cache may keep them for good (nginx in front: deploy/nginx.conf). The sha256 is
+    # their validator: Repr-Digest and a strong ETag (api/digest.py).
     headers = {
         "Content-Disposition": f'attachment; filename="{artifact["artifact_name"]}"',
         "Content-Type": "application/octet-stream",
         "Cache-Control": "public, max-age=31536000, immutable",
         "X-Checksum-Sha256": artifact["artifact_sha256"] or "",
     }
-    if not sha256:
-        return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers=headers)
-    return digest.DigestFileResponse(stored.local_path, sha256, chunk_size=256 * 1024,
-                                     headers=headers)
+    if sha256:
+        headers.update(digest.digest_headers(sha256))
+    answer = await respond_with(request, request.app[STORAGE], key, headers,
+                                request.app[DELIVERY], sha256) if key else None
+    if answer is None:
+        return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
+    metrics.record_download(request.app)
+    return answer
 
 
 async def download(request: web.Request) -> web.StreamResponse:

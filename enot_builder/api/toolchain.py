@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import validation
-from ..keys import ERTS, STORAGE, TOOLCHAIN
+from ..keys import DELIVERY, ERTS, STORAGE, TOOLCHAIN
+from .stored_file import respond_with
 
 
 async def download_erts(request: web.Request) -> web.StreamResponse:
@@ -16,13 +17,17 @@ async def download_erts(request: web.Request) -> web.StreamResponse:
                                              "Erlang/OTP release", content_type="text/plain")
     installation = request.app[TOOLCHAIN].erlangs.get(version)
     key = await request.app[ERTS].tarball(installation) if installation else None
-    tarball = await request.app[STORAGE].stat(key) if key is not None else None
-    if tarball is None or tarball.local_path is None:
+    answer = None
+    if key is not None:
+        # From this host's disk, the small-file cache or the object store (streamed,
+        # or a redirect as the configuration says).
+        answer = await respond_with(request, request.app[STORAGE], key, {
+            "Content-Type": "application/x-tar",
+            "Content-Disposition": f'attachment; filename="{version}.tar"',
+            "Cache-Control": "public, max-age=86400",
+        }, request.app[DELIVERY])
+    if answer is None:
         installed = ", ".join(sorted(request.app[TOOLCHAIN].erlangs)) or "none"
         return web.Response(status=404, text=f"No such erlang: {version} (installed: {installed})",
                             content_type="text/plain")
-    return web.FileResponse(tarball.local_path, headers={
-        "Content-Type": "application/x-tar",
-        "Content-Disposition": f'attachment; filename="{version}.tar"',
-        "Cache-Control": "public, max-age=86400",
-    })
+    return answer

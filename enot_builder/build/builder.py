@@ -130,7 +130,19 @@ class Builder:
                 outcome.message += SEE_LOG
         finally:
             await asyncio.to_thread(build_log.close)  # it fsyncs
+            await self._store_log(build)
         return outcome
+
+    async def _store_log(self, build: Build) -> None:
+        """A store whose files are not this host's own (S3) gets the whole log once
+        the attempt has ended; the local store has it in place already."""
+        key, path = self.layout.log_key(build.id), self.layout.log_file(build.id)
+        try:
+            stored = await self.storage.stat(key)
+            if stored is None or stored.local_path != path:
+                await self.storage.put(key, path)
+        except Exception:  # the log stays on this host's disk; the build is not failed
+            log.exception("cannot put the log of build %s into the store", build.id)
 
     async def _steps(self, run: BuildRun, hooks: BuildHooks) -> Outcome:
         await asyncio.to_thread(self._prepare_work_dir, run)

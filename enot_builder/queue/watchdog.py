@@ -1,7 +1,12 @@
-"""The watchdog: builds still running well past their time limit fail, and stop.
+"""The watchdog: builds still running well past their time limit fail, and stop;
+builds whose lease ran out go back to the queue.
 
 The builder enforces the limit itself; this catches what slipped through: a build
-whose supervision hung, or one that a process which died left behind.
+whose supervision hung, or one that a process which died left behind. It runs in one
+process at a time among all that share the database (singleton.run_singleton): a
+build of another process that it fails is stopped there when that process's lease
+renewal finds it no longer held. It also drops the shipped log chunks of builds
+that ended a while ago (their whole log is in the store).
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Awaitable, Callable, Container
 
-from .. import store
+from .. import lease_keeper, store
 from ..db import TRANSIENT_ERRORS, cursor
 from ..domain import Stage
+from ..wakeup import raise_if_cancelled
 
 if TYPE_CHECKING:
     import aiopg
@@ -20,6 +26,10 @@ if TYPE_CHECKING:
     from ..config import BuildsConfig
 
 log = logging.getLogger(__name__)
+
+# Seconds the shipped log of an ended build stays in the database (followers finish
+# reading it from there; the store has the whole log).
+LOG_CHUNKS_KEPT = 60
 
 
 class Watchdog:
@@ -31,18 +41,24 @@ class Watchdog:
         it runs elsewhere)."""
         self.pool = pool
         self.limit = config.timeout + config.watchdog_margin
-        self.period = min(30.0, max(1.0, config.watchdog_margin / 4))
+        self.max_attempts = config.max_attempts
+        # Often enough that an expired lease is noticed within a fraction of a lease.
+        self.period = min(30.0, max(1.0, config.watchdog_margin / 4),
+                          max(0.5, config.lease_seconds / 4))
         self.recording = recording
         self.stop_build = stop_build
         # Also done each round: the waiting builds no follow-up reached, put right.
         self.each_round = each_round
 
     async def run(self) -> None:
+        # A look at once: this process may have just taken over from one that died.
         while True:
-            await asyncio.sleep(self.period)
             await self.sweep()
+            raise_if_cancelled(None)  # a cancellation aiopg swallowed mid-query
             if self.each_round is not None:
                 await self.each_round()
+                raise_if_cancelled(None)
+            await asyncio.sleep(self.period)
 
     async def sweep(self) -> None:
         """One look at the running builds."""
@@ -61,5 +77,8 @@ class Watchdog:
                             cur, build_id, succeeded=False, failure_stage=Stage.INTERNAL,
                             message=f"stopped by the watchdog: no result {self.limit} s after "
                                     "it started")
+            async with cursor(self.pool) as cur:
+                await lease_keeper.requeue_expired(cur, self.max_attempts)
+                await store.logs.drop_finished_log_chunks(cur, LOG_CHUNKS_KEPT)
         except TRANSIENT_ERRORS as e:
             log.warning("watchdog cannot read the builds: %s", e)

@@ -1,8 +1,10 @@
 """The workers: each claims the next queued build, runs it, and hands its end over.
 
 A worker claims a row with FOR UPDATE SKIP LOCKED (store.claim_build), so several
-workers and processes share one queue. A build stopped by a shutdown goes back to the
-queue; one stopped by the watchdog has failed.
+workers and processes share one queue, and holds it by a lease that this process
+renews (lease_keeper.LeaseKeeper) until its end is recorded. A build stopped by a
+shutdown goes back to the queue; one stopped by the watchdog has failed; one whose
+lease this process lost is dropped here (it is another worker's now, or ended).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from .. import store
+from .. import lease_keeper, store
 from ..db import TRANSIENT_ERRORS, cursor
 from ..domain import Build, BuildHooks, Outcome, Stage
+from ..log_shipping import LogShipper
 from . import release_split, writes
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ class Running:
     build: Build
     task: asyncio.Task[Outcome] | None = None
     killed: bool = False
+    lost: bool = False  # its lease is not ours any more
 
 
 class Workers:
@@ -52,7 +57,8 @@ class Workers:
                  writer: DatabaseWriter, recorder: OutcomeRecorder,
                  follow_up: Callable[[Build, Outcome], Awaitable[None]],
                  announce: Callable[[], None], metrics: Metrics | None = None,
-                 dependencies: DependencyWaits | None = None) -> None:
+                 dependencies: DependencyWaits | None = None,
+                 log_file: Callable[[str], Path] | None = None) -> None:
         """`name` names this process's workers (`host:pid`, then `/n`); `announce` tells
         whoever waits that some build ended or will be retried."""
         self.name = name
@@ -70,8 +76,17 @@ class Workers:
         self.intake_closed = False
         self.in_hand = 0  # builds claimed here and not yet built and followed up
         self.running: dict[str, Running] = {}
+        # Where a build's log is written here, when it is shipped to the database for
+        # web nodes elsewhere to follow (log_shipping); None: not shipped.
+        self.log_file = log_file
+        # Builds this process holds a lease on (id -> worker), from the claim until
+        # their end is recorded.
+        self.holding: dict[str, str] = {}
+        self.leases = lease_keeper.LeaseKeeper(pool, config.lease_seconds,
+                                               lambda: self.holding, self.lose)
         self._wake: asyncio.Queue[None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._renewing: asyncio.Task[None] | None = None
 
     @property
     def accepting(self) -> bool:
@@ -84,20 +99,15 @@ class Workers:
     def start(self, count: int) -> None:
         for i in range(count):
             self._tasks.append(asyncio.create_task(self._work(i), name=f"build-worker-{i}"))
+        if count:
+            self._renewing = asyncio.create_task(self.leases.run(), name="lease-renewal")
         self.wake(count)
 
-    async def requeue_orphans(self) -> int:
-        """Requeue the builds this host's dead processes left running; return how many.
-
-        Another host's are its own business (and the watchdog's). One builder process
-        per host."""
-        async with cursor(self.pool) as cur:
-            orphans = await store.running_builds(cur, socket.gethostname())
-            for build_id in orphans:
-                await store.requeue_build(cur, build_id)
-        if orphans:
-            log.warning("requeued %d build(s) left running by a previous process", len(orphans))
-        return len(orphans)
+    async def end_dead_leases(self) -> int:
+        """End the leases of builds this host's dead processes left running: the
+        watchdog requeues them at its next look, not a lease later. Another host's
+        are the watchdog's business when their leases run out."""
+        return await lease_keeper.end_dead_leases_of_host(self.pool, socket.gethostname())
 
     async def stop(self, grace: float) -> None:
         """Claim no more; give running builds `grace` seconds; requeue the rest."""
@@ -108,11 +118,20 @@ class Workers:
         # Idle workers leave at once; busy ones after recording their build.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._renewing] if self._renewing else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._renewing = None
+
+    def lose(self, build_id: str) -> None:
+        """This process no longer holds the build's lease: stop it, record nothing."""
+        self.holding.pop(build_id, None)
+        run = self.running.get(build_id)
+        if run is not None and run.task is not None:
+            run.lost = True
+            run.task.cancel()
 
     def kill(self, build_id: str) -> bool:
         """Stop a build running here, as failed (the watchdog's call); False if it is not."""
@@ -128,7 +147,7 @@ class Workers:
         while self.accepting:
             try:
                 async with cursor(self.pool) as cur:
-                    row = await store.claim_build(cur, worker)
+                    row = await store.claim_build(cur, worker, self.config.lease_seconds)
             except TRANSIENT_ERRORS as e:
                 log.warning("worker %s cannot claim builds: %s", worker, e)
                 await asyncio.sleep(writes.DB_RETRY_SECONDS)
@@ -139,6 +158,7 @@ class Workers:
                 continue
             build = Build.from_row(row)
             self.in_hand += 1
+            self.holding[build.id] = worker
             try:
                 await self.build(build)
             except asyncio.CancelledError:
@@ -152,6 +172,7 @@ class Workers:
                     failure_stage=Stage.INTERNAL, message=INTERNAL_ERROR), tries=3)
                 self.announce()
             finally:
+                self.holding.pop(build.id, None)
                 self.in_hand -= 1
 
     async def build(self, build: Build) -> None:
@@ -160,12 +181,22 @@ class Workers:
                  build.erl_version or "(from package)")
         started = time.monotonic()
         run = Running(build)
+        shipper = (LogShipper(self.pool, build.id, self.log_file(build.id))
+                   if self.log_file is not None else None)
+        if shipper is not None:
+            await shipper.__aenter__()
         run.task = asyncio.create_task(self.builder.run(build, self._hooks(run)))
         self.running[build.id] = run
         try:
             outcome = await run.task
         except asyncio.CancelledError:
             worker = asyncio.current_task()
+            if run.lost and worker is not None and worker.cancelling() == 0:
+                # Requeued (or ended) elsewhere while this process could not renew its
+                # lease: its outcome is not ours to write, it would be refused anyway.
+                log.warning("build %s stopped here: this process lost its lease", build.id)
+                self.announce()
+                return
             if run.killed and worker is not None and worker.cancelling() == 0:
                 # The watchdog stopped this build, not a shutdown: it has failed.
                 outcome = Outcome(False, "stopped by the watchdog: still running "
@@ -185,6 +216,13 @@ class Workers:
             outcome = Outcome(False, INTERNAL_ERROR, stage=Stage.INTERNAL)
         finally:
             self.running.pop(build.id, None)
+            if shipper is not None:
+                await shipper.__aexit__(None, None, None)
+        if run.lost:
+            log.warning("build %s ended here after this process lost its lease: its "
+                        "outcome is not recorded", build.id)
+            self.announce()
+            return
         if outcome.waiting:
             # Not an end: it is `waiting` already (resolve/graph.py), and runs again
             # when its dependencies are built.

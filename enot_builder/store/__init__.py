@@ -8,6 +8,7 @@ the answer, not the number of builds ever made. One module a subject; callers us
 
 from __future__ import annotations
 
+from . import leases, logs  # noqa: F401  (store.leases.<f>, store.logs.<f>: issue 13)
 from .builds import (  # noqa: F401
     artifact,
     build_log_info,
@@ -53,7 +54,6 @@ from .queue import (  # noqa: F401
     finish_build,
     lock_build_key,
     requeue_build,
-    running_builds,
     set_build_erl_version,
     set_build_log,
     set_build_source,

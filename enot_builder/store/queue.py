@@ -83,13 +83,15 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
     return {**await cur.fetchone(), "how": "queued"}
 
 
-async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
-    """Take the next queued build; concurrent claimers skip each other's rows."""
+async def claim_build(cur: aiopg.Cursor, worker: str, lease: float = 60) -> Row | None:
+    """Take the next queued build and hold it for `lease` seconds (its worker renews the
+    lease: store.leases); concurrent claimers skip each other's rows."""
     await cur.execute(
         f"""
         WITH claimed AS (
             UPDATE builds SET status = 'running', started_at = now(), finished_at = NULL,
-                              attempt = attempt + 1, worker = %(worker)s
+                              attempt = attempt + 1, worker = %(worker)s,
+                              lease_until = now() + make_interval(secs => %(lease)s)
             WHERE id = (SELECT id FROM builds WHERE status = 'queued'
                           AND (not_before IS NULL OR not_before <= now())
                         ORDER BY priority DESC, queue_seq
@@ -98,17 +100,9 @@ async def claim_build(cur: aiopg.Cursor, worker: str) -> Row | None:
         )
         SELECT {BUILD_COLUMNS} FROM claimed b JOIN repositories r ON r.id = b.repository_id
         """,
-        {"worker": worker},
+        {"worker": worker, "lease": lease},
     )
     return await cur.fetchone()
-
-
-async def running_builds(cur: aiopg.Cursor, host: str) -> list[str]:
-    """Builds left running by workers of this host (named `host:pid/n`), oldest first."""
-    await cur.execute("SELECT id::text AS id FROM builds WHERE status = 'running'"
-                      " AND split_part(worker, ':', 1) = %(host)s ORDER BY started_at",
-                      {"host": host})
-    return [row["id"] for row in await cur.fetchall()]
 
 
 async def requeue_build(cur: aiopg.Cursor, build_id: str, *, worker: str | None = None,

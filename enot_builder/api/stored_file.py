@@ -1,0 +1,83 @@
+"""Answering with a file of the store: from the small-file cache, by a redirect to a
+presigned URL, by X-Accel-Redirect to nginx, or with the bytes.
+
+Shared by GET /download/{id}, POST /get and GET /download_erts/{version}. Which of
+these a deployment uses is its configuration: a redirect needs a backend with URLs
+(S3), X-Accel-Redirect needs nginx in front (deploy/nginx.conf) and a file on this
+host, the cache needs memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping
+
+from aiohttp import web
+
+from ..file_cache import SmallFileCache
+from ..storage import Storage
+
+# Where deploy/nginx.conf's internal location serves the store's keys from.
+ACCEL_PREFIX = "/_store/"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How this server hands out stored files."""
+    # 302 (GET) or 303 (POST) to a presigned URL when the backend has one; the enot
+    # client follows both on POST /get, and re-POSTs on 307/308 (object stores refuse).
+    redirect: bool = False
+    presign_seconds: int = 300
+    accel_redirect: bool = False
+    cache: SmallFileCache | None = None
+
+
+async def respond_with(request: web.Request, storage: Storage, key: str,
+                       headers: Mapping[str, str], delivery: Delivery) -> web.StreamResponse | None:
+    """The answer carrying the file under `key` with `headers`; None when the store has
+    no such file (the caller answers the protocol's "No such build")."""
+    cache = delivery.cache
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return _from_memory(request, hit.body, hit.headers)
+    stored = await storage.stat(key)
+    if stored is None:
+        return None
+    if delivery.redirect:
+        url = await storage.url(key, delivery.presign_seconds)
+        if url is not None:
+            # The URL expires: no cache may keep this answer.
+            return web.Response(status=303 if request.method == "POST" else 302,
+                                headers={"Location": url, "Cache-Control": "no-store"})
+    if delivery.accel_redirect and stored.local_path is not None:
+        # nginx sends the bytes (sendfile) with these headers; we send none.
+        return web.Response(headers={**headers, "X-Accel-Redirect": ACCEL_PREFIX + key})
+    if stored.local_path is not None and not (cache is not None and cache.fits(stored.size)):
+        # FileResponse adds Content-Length, ETag, Last-Modified, Range, sendfile.
+        return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers=headers)
+    if cache is not None and cache.fits(stored.size):
+        body = b"".join([chunk async for chunk in storage.read(key)])
+        all_headers = {**headers, "ETag": _etag(key, len(body)),
+                       "Content-Type": headers.get("Content-Type", "application/octet-stream")}
+        cache.put(key, body, all_headers)
+        return _from_memory(request, body, all_headers)
+    response = web.StreamResponse(headers={**headers, "ETag": _etag(key, stored.size)})
+    response.content_length = stored.size
+    await response.prepare(request)
+    async for chunk in storage.read(key):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _etag(key: str, size: int) -> str:
+    """A key names one file forever: the key and the size tell files apart (two builds
+    of one tag may have the same bytes, yet are two files)."""
+    return f'"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{size:x}"'
+
+
+def _from_memory(request: web.Request, body: bytes, headers: Mapping[str, str]) -> web.Response:
+    if request.headers.get("If-None-Match") == headers.get("ETag"):
+        return web.Response(status=304, headers={k: v for k, v in headers.items()
+                                                 if k in ("ETag", "Cache-Control")})
+    return web.Response(body=body, headers=headers)

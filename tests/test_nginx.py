@@ -1,0 +1,84 @@
+"""deploy/nginx.conf on the real nginx in front of a real server: immutable downloads
+cached by nginx, everything else passed through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import projects
+from .nginx import nginx_in_front
+
+
+async def test_downloads_are_cached_in_front_of_the_server(make_client: Any, make_repo: Any,
+                                                           data_dir: Path) -> None:
+    client = await make_client()
+    url = make_repo("hello", projects.enot_project("hello"))
+    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    build_id = (await r.json())["response"][0]["build_id"]
+    direct = await (await client.get(f"/download/{build_id}")).read()
+
+    with nginx_in_front(client.server.port, data_dir) as front:
+        async with aiohttp.ClientSession() as session:
+            seen = []
+            for _ in range(3):
+                async with session.get(f"{front}/download/{build_id}") as r:
+                    assert r.status == 200, await r.text()
+                    assert await r.read() == direct
+                    seen.append(r.headers["X-Cache-Status"])
+                    assert r.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+                    assert r.headers["Content-Disposition"] == 'attachment; filename="hello.ep"'
+            assert seen == ["MISS", "HIT", "HIT"]
+
+            # A build that does not exist: the client's "No such build" body, passed on.
+            async with session.get(f"{front}/download/00000000-0000-0000-0000-000000000000") as r:
+                assert r.status == 404
+                assert (await r.text()).startswith("No such build")
+
+            # Everything else goes to the server uncached, POST /get included.
+            for _ in range(2):
+                async with session.post(f"{front}/get", json={
+                        "full_name": "tester/hello",
+                        "versions": [{"ref": "1.0.0", "erl_version": "25"}]}) as r:
+                    assert r.status == 200, await r.text()
+                    assert await r.read() == direct
+                    assert "X-Cache-Status" not in r.headers
+            async with session.get(f"{front}/search", params={"name": "hello"}) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["response"][0]["build_id"] == build_id
+
+
+async def test_nginx_sends_local_files_for_the_server(make_client: Any, make_repo: Any,
+                                                     data_dir: Path) -> None:
+    """server.accel_redirect: the server answers with X-Accel-Redirect to /_store/<key>,
+    nginx sends the file from the data directory (deploy/nginx.conf's internal location)."""
+    client = await make_client(server__accel_redirect=True, server__file_cache_mb=0)
+    url = make_repo("hello", projects.enot_project("hello"))
+    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    build = (await r.json())["response"][0]
+    # Asked directly, the server sends only the header nginx acts on.
+    r = await client.get(f"/download/{build['build_id']}")
+    accel = r.headers["X-Accel-Redirect"]
+    assert accel.startswith("/_store/artifacts/") and accel.endswith("/hello.ep")
+    assert await r.read() == b""
+    on_disk = (data_dir / accel.removeprefix("/_store/")).read_bytes()
+    with nginx_in_front(client.server.port, data_dir) as front:
+        async with aiohttp.ClientSession() as session:
+            for path, kwargs in ((f"/download/{build['build_id']}", {}),
+                                 ("/get", {"json": {"full_name": "tester/hello", "versions": [
+                                     {"ref": "1.0.0", "erl_version": "25"}]}})):
+                method = session.post if path == "/get" else session.get
+                async with method(f"{front}{path}", **kwargs) as r:
+                    assert r.status == 200, await r.text()
+                    assert await r.read() == on_disk
+                    assert "X-Accel-Redirect" not in r.headers
+                    assert r.headers["Content-Disposition"] == 'attachment; filename="hello.ep"'
+            # The store's location is internal: no client reaches it.
+            async with session.get(f"{front}{accel}") as r:
+                assert r.status == 404
