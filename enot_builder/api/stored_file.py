@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..file_cache import SmallFileCache
 from ..storage import Storage
+from . import digest
 
 # Where deploy/nginx.conf's internal location serves the store's keys from.
 ACCEL_PREFIX = "/_store/"
@@ -34,9 +35,11 @@ class Delivery:
 
 
 async def respond_with(request: web.Request, storage: Storage, key: str,
-                       headers: Mapping[str, str], delivery: Delivery) -> web.StreamResponse | None:
+                       headers: Mapping[str, str], delivery: Delivery,
+                       sha256: str | None = None) -> web.StreamResponse | None:
     """The answer carrying the file under `key` with `headers`; None when the store has
-    no such file (the caller answers the protocol's "No such build")."""
+    no such file (the caller answers the protocol's "No such build"). With the file's
+    `sha256`, its ETag is made from it (api/digest.py), whichever way it is sent."""
     cache = delivery.cache
     if cache is not None and (hit := cache.get(key)) is not None:
         return _from_memory(request, hit.body, hit.headers)
@@ -54,14 +57,17 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
         return web.Response(headers={**headers, "X-Accel-Redirect": ACCEL_PREFIX + key})
     if stored.local_path is not None and not (cache is not None and cache.fits(stored.size)):
         # FileResponse adds Content-Length, ETag, Last-Modified, Range, sendfile.
+        if sha256:
+            return digest.DigestFileResponse(stored.local_path, sha256, chunk_size=256 * 1024,
+                                             headers=headers)
         return web.FileResponse(stored.local_path, chunk_size=256 * 1024, headers=headers)
     if cache is not None and cache.fits(stored.size):
         body = b"".join([chunk async for chunk in storage.read(key)])
-        all_headers = {**headers, "ETag": _etag(key, len(body)),
+        all_headers = {**headers, "ETag": _etag(key, len(body), sha256),
                        "Content-Type": headers.get("Content-Type", "application/octet-stream")}
         cache.put(key, body, all_headers)
         return _from_memory(request, body, all_headers)
-    response = web.StreamResponse(headers={**headers, "ETag": _etag(key, stored.size)})
+    response = web.StreamResponse(headers={**headers, "ETag": _etag(key, stored.size, sha256)})
     response.content_length = stored.size
     await response.prepare(request)
     async for chunk in storage.read(key):
@@ -70,9 +76,11 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
     return response
 
 
-def _etag(key: str, size: int) -> str:
-    """A key names one file forever: the key and the size tell files apart (two builds
-    of one tag may have the same bytes, yet are two files)."""
+def _etag(key: str, size: int, sha256: str | None = None) -> str:
+    """The file's sha256 when known (api/digest.py); else, as a key names one file
+    forever, the key and the size."""
+    if sha256:
+        return digest.strong_etag(sha256)
     return f'"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{size:x}"'
 
 
