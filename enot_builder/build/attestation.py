@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, provenance, sbom, signing
 from ..domain import Outcome
 from ..toolchains import ErlangInstallation, Toolchain
+from .package_files import open_regular
 
 if TYPE_CHECKING:
     from ..layout import Layout
@@ -113,13 +113,10 @@ def _dirs(path: Path) -> list[Path]:
 
 
 def _sha256_regular(path: Path) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    f = open_regular(path)
+    if f is None:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
+    with f:
         digest = hashlib.sha256()
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)

@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from ..domain import BuildFailure, Stage
 
@@ -37,15 +37,26 @@ def scan(directory: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def read_regular(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes | None:
-    """Read a file of the package without following links; None if absent or odd."""
+def open_regular(path: Path) -> BinaryIO | None:
+    """Open a file of the package for reading without following links; None when it is
+    absent or not a regular file (a link, a FIFO, a device)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        return None
+    return f
+
+
+def read_regular(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes | None:
+    """Read a file of the package without following links; None if absent or odd."""
+    f = open_regular(path)
+    if f is None:
+        return None
+    with f:
         return f.read(limit + 1)[:limit]
 
 
