@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -303,6 +304,8 @@ async def one_running_one_queued(client: TestClient,
 
 
 def running_processes(pattern: str) -> list[str]:
-    """Command lines of live processes containing `pattern` (for leak checks)."""
+    """Command lines of live processes containing `pattern` as whole words (for leak
+    checks: "sleep 30" is not "sleep 300", someone else's process)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines()[1:] if pattern in line and "ps -eo" not in line]
+    whole = re.compile(rf"(?<!\w){re.escape(pattern)}(?!\w)")
+    return [line for line in out.splitlines()[1:] if whole.search(line) and "ps -eo" not in line]

@@ -31,10 +31,12 @@ async def test_built_into_the_bucket_and_fetched_by_the_enot_client(
                                                   "versions": [{"ref": "1.0.0"}]})
         assert r.status == 200, await r.text()
         build_id = (await r.json())["response"][0]["build_id"]
-        # The artifact and the whole log are objects of the bucket.
+        # The artifact, its SBOM and signed provenance, and the whole log are objects of
+        # the bucket.
         listing = await bucket._client.list_objects_v2(Bucket=s3_settings.bucket)
         names = sorted(o["Key"] for o in listing["Contents"])
-        assert [n.rsplit("/", 1)[1] for n in names if "/artifacts/" in n] == ["hello.ep"]
+        assert [n.rsplit("/", 1)[1] for n in names if "/artifacts/" in n] == \
+            ["hello.ep", "hello.ep.cdx.json", "hello.ep.intoto.json"]
         assert any(n.endswith(f"{build_id}.log") for n in names), names
         log = await (await client.get("/build_log", params={"build_id": build_id})).text()
         assert "[enot-builder] SUCCESS" in log

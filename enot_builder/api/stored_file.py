@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..file_cache import SmallFileCache
 from ..storage import Storage
@@ -40,7 +40,9 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
     """The answer carrying the file under `key` with `headers`; None when the store has
     no such file (the caller answers the protocol's "No such build"). With the file's
     `sha256`, its ETag is made from it (api/digest.py), whichever way it is sent."""
-    cache = delivery.cache
+    # A Range request skips the memory cache: the file's response answers it (206),
+    # the cache's would send the whole body. (An object store's stream answers 200.)
+    cache = delivery.cache if hdrs.RANGE not in request.headers else None
     if cache is not None and (hit := cache.get(key)) is not None:
         return _from_memory(request, hit.body, hit.headers)
     stored = await storage.stat(key)
