@@ -126,7 +126,7 @@ fuzz: install  ## fuzz a live server: raw-HTTP attacks, then schemathesis with e
 
 # The figures in bench/RESULTS.md come from this run's JSON only (bench/report.py),
 # naming the commit and the machine: commit both files together.
-bench: install bench-deps  ## run the benchmark suite, write bench/RESULTS.md (about 5 min; see bench/README.md)
+bench: install bench-deps  ## run the benchmark suite, write bench/RESULTS.md (about 8 min; see bench/README.md)
 	$(VENV)/bin/python -m bench --json bench/results.json $(BENCH_ARGS)
 	$(VENV)/bin/python -m bench.report bench/results.json -o bench/RESULTS.md
 

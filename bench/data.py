@@ -47,7 +47,7 @@ INSERT INTO builds (id, repository_id, ref, erl_version, package_version_id, sta
 SELECT md5(ver.repository_id || '/' || split_part(ver.ref, '.', 3) || '/' || k)::uuid,
        ver.repository_id, ver.ref, %(erl)s, ver.id,
        CASE WHEN k = {builds} THEN 'succeeded' ELSE 'failed' END::build_status, k, 'bench', false,
-       CASE WHEN k = {builds} THEN %(artifacts)s || '/generated/' || ver.id || '.ep' END,
+       CASE WHEN k = {builds} THEN 'artifacts/generated/' || ver.id || '.ep' END,
        CASE WHEN k = {builds} THEN 'generated.ep' END,
        CASE WHEN k = {builds} THEN md5(ver.id::text) || md5(ver.id::text) END,
        CASE WHEN k = {builds} THEN 30000 END,
@@ -66,22 +66,20 @@ def _packages_sql(source: str) -> str:
     return _PACKAGES_SQL.format(source=source, versions=VERSIONS, builds=BUILDS)
 
 
-def insert_filler(conn: Any, artifacts_dir: Path, erl: str, first: int, last: int) -> None:
+def insert_filler(conn: Any, erl: str, first: int, last: int) -> None:
     """Repositories filler<n%100>/pkg<n> for first <= n <= last, with their builds."""
     source = ("SELECT 'filler' || (g %% 100) AS namespace, 'pkg' || g AS name, g AS seq "
               "FROM generate_series(%(first)s, %(last)s) g")
     with conn.cursor() as cur:
-        cur.execute(_packages_sql(source), {"erl": erl, "artifacts": str(artifacts_dir),
-                                            "first": first, "last": last})
+        cur.execute(_packages_sql(source), {"erl": erl, "first": first, "last": last})
 
 
-def insert_packages(conn: Any, artifacts_dir: Path, erl: str, full_names: list[str]) -> None:
+def insert_packages(conn: Any, erl: str, full_names: list[str]) -> None:
     """The packages the listing scenarios look up (same answer at every database size)."""
     source = ("SELECT split_part(f, '/', 1) AS namespace, split_part(f, '/', 2) AS name, "
               "o AS seq FROM unnest(%(names)s::text[]) WITH ORDINALITY AS t(f, o)")
     with conn.cursor() as cur:
-        cur.execute(_packages_sql(source), {"erl": erl, "artifacts": str(artifacts_dir),
-                                            "names": full_names})
+        cur.execute(_packages_sql(source), {"erl": erl, "names": full_names})
 
 
 def analyze(conn: Any) -> None:
@@ -103,7 +101,8 @@ def insert_artifact(conn: Any, artifacts_dir: Path, full_name: str, ref: str, er
                     size: int, sparse: bool = False) -> str:
     """A succeeded build of `full_name` `ref` whose artifact is a file of `size` bytes.
 
-    Laid out as the builder lays out artifacts: artifacts/<id[:2]>/<id>/<name>.ep.
+    Laid out as the builder lays out artifacts: artifacts/<id[:2]>/<id>/<name>.ep under
+    the data directory, which the row names by its storage key (that path, relative).
     Returns the build id.
     """
     namespace, name = full_name.split("/")
@@ -151,6 +150,7 @@ def insert_artifact(conn: Any, artifacts_dir: Path, full_name: str, ref: str, er
             FROM ver
             """,
             {"namespace": namespace, "name": name, "id": build_id, "ref": ref, "erl": erl,
-             "path": str(path), "file": path.name, "sha256": sha256, "size": size},
+             "path": str(path.relative_to(artifacts_dir.parent)), "file": path.name,
+             "sha256": sha256, "size": size},
         )
     return build_id

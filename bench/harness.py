@@ -78,6 +78,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy so far (every core; /proc/stat's first line:
+    user, nice, system, irq, softirq, steal), in seconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of a process, from /proc/<pid>/status, in KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -94,39 +103,34 @@ class Server:
     instead, the same create_app() plus one constant route.
     """
 
-    def __init__(self, workdir: Path, name: str, workers: int = 1) -> None:
+    def __init__(self, workdir: Path, name: str, workers: int = 1, role: str | None = None,
+                 dsn: str = "", **sections: dict[str, Any]) -> None:
+        """`role` runs `serve --role ROLE`; `dsn` shares a database with other processes
+        (empty: a private cluster in the data dir); `sections` add to the config's."""
         self.workdir = workdir
         self.data_dir = workdir / f"data-{name}"
         self.data_dir.mkdir(mode=0o755)
-        data_dir = self.data_dir
+        self.role = role
         self.port = free_port()
         self.config_path = workdir / f"{name}.toml"
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        github = ""
+        settings: dict[str, dict[str, Any]] = {
+            "server": {"port": self.port, "shutdown_grace": 2},
+            "storage": {"data_dir": str(self.data_dir)},
+            "database": {"dsn": dsn},
+            "builds": {"workers": workers, "timeout": 300, "clone_timeout": 20},
+            "git": {"allowed_schemes": ["https", "file"]},
+        }
         if "github" in config_module.SECTIONS:
             # Only a server that knows the section may be given it: unknown sections
             # are refused at start-up. GIT_SECRET (below) covers the others.
-            github = f'\n[github]\nwebhook_secret = "{WEBHOOK_SECRET}"\n'
-        self.config_path.write_text(f"""
-[server]
-port = {self.port}
-shutdown_grace = 2
-
-[storage]
-data_dir = "{data_dir}"
-
-[database]
-dsn = ""
-
-[builds]
-workers = {workers}
-timeout = 300
-clone_timeout = 20
-
-[git]
-allowed_schemes = ["https", "file"]
-{github}""")
+            settings["github"] = {"webhook_secret": WEBHOOK_SECRET}
+        for section, values in sections.items():
+            settings.setdefault(section, {}).update(values)
+        self.config_path.write_text("".join(
+            f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+            for section, values in settings.items()))
 
     @property
     def pid(self) -> int:
@@ -134,7 +138,8 @@ allowed_schemes = ["https", "file"]
         return self.proc.pid
 
     def start(self, argv: list[str] | None = None) -> None:
-        argv = argv or [str(VENV_BIN / "enot-builder"), "serve"]
+        argv = argv or [str(VENV_BIN / "enot-builder"), "serve",
+                        *(["--role", self.role] if self.role else [])]
         env = {**os.environ, "GIT_SECRET": WEBHOOK_SECRET}
         env.pop("ENOT_BUILDER_DATABASE_DSN", None)
         with open(self.log_path, "ab") as out:
@@ -144,12 +149,16 @@ allowed_schemes = ["https", "file"]
                                          start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            try:
-                status, _ = http(self.port, "GET", "/last_builds?n=1", timeout=5)
-                if status == 200:
+            if self.role == "worker":  # no public HTTP: its log says when it runs
+                if "worker running" in self.log_tail():
                     return
-            except OSError:
-                pass
+            else:
+                try:
+                    status, _ = http(self.port, "GET", "/last_builds?n=1", timeout=5)
+                    if status == 200:
+                        return
+                except OSError:
+                    pass
             if self.proc.poll() is not None:
                 raise RuntimeError("the server exited at start-up:\n" + self.log_tail())
             time.sleep(0.2)

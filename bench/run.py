@@ -17,13 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import scenarios
+from . import scale, scenarios
 from .harness import VENV_BIN, Server, Workdir, Wrk, machine
 from .scenarios import Row
 
 log = logging.getLogger("bench")
 
-ALL = ("listings", "downloads", "memory", "build", "webhooks")
+ALL = ("listings", "downloads", "memory", "build", "webhooks", "workers", "claims")
 
 
 def erl_release() -> str:
@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=1000, help="deliveries in the burst")
     parser.add_argument("--clients", type=int, default=50, help="clients of the big download")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the big artifact")
+    parser.add_argument("--scale-builds", type=int, default=12,
+                        help="builds per round of the workers scenario (12)")
+    parser.add_argument("--scale-rounds", type=int, default=2,
+                        help="rounds of one and of two worker processes (2)")
     parser.add_argument("--json", metavar="FILE",
                         help="also write the results as JSON (bench/report.py makes "
                              "RESULTS.md from it)")
@@ -71,15 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                       args.rounds))
                 for s in (small, large):
                     s.stop()
+            # The server alone: the production app plus /bench/constant, the route the
+            # download of a cached small artifact is compared with.
             server = Server(workdir, "serve", workers=1)
             servers.append(server)
-            log.info("== enot-builder serve on port %d, data in %s", server.port,
-                     server.data_dir)
-            server.start()
+            log.info("== enot-builder (bench/bench_app.py) on port %d, data in %s",
+                     server.port, server.data_dir)
+            server.start([str(VENV_BIN / "python"), "-m", "bench.bench_app"])
             if "downloads" in wanted:
-                log.info("== downloads")
-                rows += _guard("downloads", lambda: scenarios.downloads(
-                    server, wrk, workdir, erl, args.rounds))
+                log.info("== downloads: nginx static, deploy/nginx.conf in front, the server alone")
+                rows += _guard("downloads", lambda: scale.downloads(
+                    server, workdir, wrk, erl, args.rounds))
             if "memory" in wanted:
                 log.info("== memory: %d clients x %d MiB", args.clients, args.big_mib)
                 rows += _guard("memory", lambda: scenarios.memory(
@@ -92,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("== webhooks: %d deliveries", args.webhooks)
                 rows += _guard("webhooks", lambda: scenarios.webhooks(server, args.webhooks,
                                                                       concurrency=100))
+            server.stop()
+            if {"workers", "claims"} & set(wanted):
+                with scale.SharedCluster(workdir) as shared:
+                    if "workers" in wanted:
+                        log.info("== workers: builds/min with one and two worker processes")
+                        rows += _guard("workers", lambda: scale.workers(
+                            shared, workdir, erl, args.scale_builds, args.scale_rounds))
+                    if "claims" in wanted:
+                        log.info("== claims: 100,000 queued builds vs 100")
+                        rows += _guard("claims", lambda: scale.claims(shared, args.rounds))
         finally:
             for s in servers:
                 s.stop()

@@ -30,7 +30,6 @@ from .harness import (
     ENOT,
     HOST,
     WEBHOOK_SECRET,
-    Nginx,
     Server,
     Wrk,
     WrkResult,
@@ -99,63 +98,6 @@ def round_ratios(measured: WrkResult, reference: WrkResult) -> list[float]:
     return [m / r for m, r in zip(measured.rounds_rps, reference.rounds_rps, strict=True) if r]
 
 
-# --- downloads -------------------------------------------------------------------
-
-def downloads(server: Server, wrk: Wrk, workdir: Path, erl: str, rounds: int) -> list[Row]:
-    """GET /download/{id} vs nginx on the same file; POST /get vs GET /download."""
-    artifacts = server.data_dir / "artifacts"
-    with server.db() as conn:
-        small = data.insert_artifact(conn, artifacts, "bench/dl30k", "1.0.0", erl, 30 * 1024)
-        large = data.insert_artifact(conn, artifacts, "bench/dl5m", "1.0.0", erl, 5 * MiB)
-    nginx = Nginx(workdir, artifacts)
-    nginx.start()
-    try:
-        base = f"http://{HOST}:{server.port}"
-        nbase = f"http://{HOST}:{nginx.port}"
-        small_rel = f"{small[:2]}/{small}/dl30k.ep"
-        large_rel = f"{large[:2]}/{large}/dl5m.ep"
-        get_body = {"full_name": "bench/dl30k", "versions": [{"ref": "1.0.0", "erl_version": erl}]}
-        # The same bytes from both, before any load.
-        for port, path, size in ((server.port, f"/download/{small}", 30 * 1024),
-                                 (nginx.port, f"/{small_rel}", 30 * 1024),
-                                 (server.port, f"/download/{large}", 5 * MiB),
-                                 (nginx.port, f"/{large_rel}", 5 * MiB)):
-            status, body = http(port, "GET", path)
-            assert status == 200 and len(body) == size, (port, path, status, body[:200])
-        status, body = http(server.port, "POST", "/get", get_body)
-        assert status == 200 and len(body) == 30 * 1024, (status, body[:200])
-
-        log.info("30 KB artifact: nginx, /download, /get")
-        small_runs = wrk_rounds(wrk, rounds, {
-            "nginx 30 KB": lambda: wrk.run(f"{nbase}/{small_rel}"),
-            "/download 30 KB": lambda: wrk.run(f"{base}/download/{small}", watch=server),
-            "/get 30 KB": lambda: wrk.run(f"{base}/get", "POST", get_body, watch=server),
-        })
-        log.info("5 MB artifact: nginx, /download")
-        large_runs = wrk_rounds(wrk, rounds, {
-            "nginx 5 MB": lambda: wrk.run(f"{nbase}/{large_rel}", connections=8),
-            "/download 5 MB": lambda: wrk.run(f"{base}/download/{large}", connections=8,
-                                               watch=server),
-        })
-    finally:
-        nginx.stop()
-    rows = []
-    for label, runs, server_key, nginx_key, target in (
-            ("GET /download 30 KB vs nginx", small_runs, "/download 30 KB", "nginx 30 KB", 0.25),
-            ("GET /download 5 MB vs nginx", large_runs, "/download 5 MB", "nginx 5 MB", 0.9)):
-        ratio = runs[server_key].rps / runs[nginx_key].rps
-        rows.append(Row(label, runs[server_key].summary(), runs[nginx_key].summary(), ratio,
-                        f">= {target}", at_least(ratio, target),
-                        rounds=round_ratios(runs[server_key], runs[nginx_key])))
-    ratio = small_runs["/get 30 KB"].rps / small_runs["/download 30 KB"].rps
-    rows.append(Row("POST /get vs GET /download (30 KB)", small_runs["/get 30 KB"].summary(),
-                    small_runs["/download 30 KB"].summary(), ratio, ">= 0.8",
-                    at_least(ratio, 0.8),
-                    cpu_ratio(small_runs["/get 30 KB"], small_runs["/download 30 KB"]),
-                    rounds=round_ratios(small_runs["/get 30 KB"], small_runs["/download 30 KB"])))
-    return rows
-
-
 # --- listings at two database sizes ----------------------------------------------------
 
 SEARCHED = ["bench/target", "fork/target"]
@@ -179,8 +121,8 @@ def listings(small_server: Server, large_server: Server, wrk: Wrk, erl: str,
                                         ("1M", large_server, LARGE_REPOSITORIES)):
         with server.db() as conn:
             started = time.monotonic()
-            data.insert_packages(conn, server.data_dir / "artifacts", erl, SEARCHED)
-            data.insert_filler(conn, server.data_dir / "artifacts", erl, 1, repositories)
+            data.insert_packages(conn, erl, SEARCHED)
+            data.insert_filler(conn, erl, 1, repositories)
             inserted = time.monotonic() - started
             data.analyze(conn)
             sizes[label] = data.counts(conn)

@@ -27,6 +27,10 @@ class SmallFileCache:
         self.max_bytes = max_bytes
         self.max_item_bytes = min(max_item_bytes, max_bytes)
         self._entries: OrderedDict[str, CachedFile] = OrderedDict()
+        # Other names of an entry (a build id's download names its artifact's key):
+        # alias -> key, and key -> its aliases, so that they leave with their entry.
+        self._aliases: dict[str, str] = {}
+        self._names: dict[str, set[str]] = {}
         self.size = 0
         self.hits = 0
         self.misses = 0
@@ -41,7 +45,9 @@ class SmallFileCache:
         return self.max_bytes > 0 and size <= self.max_item_bytes
 
     def get(self, key: str) -> CachedFile | None:
+        """The entry under `key`, or under the key `key` is an alias of."""
         with self._lock:
+            key = self._aliases.get(key, key)
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
@@ -56,19 +62,31 @@ class SmallFileCache:
         if not self.fits(len(body)):
             return False
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.size -= len(old.body)
+            self._remove(key)
             while self._entries and self.size + len(body) > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self.size -= len(dropped.body)
+                self._remove(next(iter(self._entries)))
             self._entries[key] = CachedFile(body, dict(headers))
             self.size += len(body)
             return True
 
-    def drop(self, key: str) -> None:
-        """Forget `key` (its build was retired or deleted)."""
+    def alias(self, alias: str, key: str) -> bool:
+        """Name the entry of `key` `alias` too, for as long as it is kept; False when
+        there is no such entry."""
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.size -= len(old.body)
+            if key not in self._entries:
+                return False
+            self._aliases[alias] = key
+            self._names.setdefault(key, set()).add(alias)
+            return True
+
+    def drop(self, key: str) -> None:
+        """Forget `key` and its aliases."""
+        with self._lock:
+            self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.size -= len(old.body)
+        for alias in self._names.pop(key, ()):
+            self._aliases.pop(alias, None)

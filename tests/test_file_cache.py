@@ -44,3 +44,17 @@ def test_a_cache_of_zero_bytes_keeps_nothing() -> None:
     cache = SmallFileCache(max_bytes=0, max_item_bytes=1024)
     assert not cache.fits(1)
     assert not cache.put("a", b"a", {}) and len(cache) == 0
+
+
+def test_an_alias_names_an_entry_while_it_is_kept() -> None:
+    cache = SmallFileCache(max_bytes=100, max_item_bytes=100)
+    assert not cache.alias("/download/1", "a")  # no entry yet
+    cache.put("a", b"a" * 60, {})
+    assert cache.alias("/download/1", "a") and cache.alias("/download/2", "a")
+    assert cache.get("/download/1").body == b"a" * 60
+    cache.put("b", b"b" * 60, {})  # a goes, and its names with it
+    assert cache.get("/download/1") is None and cache.get("/download/2") is None
+    assert cache._aliases == {} and cache._names == {}
+    cache.alias("/download/3", "b")
+    cache.put("b", b"c" * 10, {})  # replaced: the alias named the old body
+    assert cache.get("/download/3") is None and cache.get("b").body == b"c" * 10

@@ -3,6 +3,8 @@ cached by nginx, everything else passed through."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -54,31 +56,50 @@ async def test_downloads_are_cached_in_front_of_the_server(make_client: Any, mak
 
 async def test_nginx_sends_local_files_for_the_server(make_client: Any, make_repo: Any,
                                                      data_dir: Path) -> None:
-    """server.accel_redirect: the server answers with X-Accel-Redirect to /_store/<key>,
-    nginx sends the file from the data directory (deploy/nginx.conf's internal location)."""
+    """server.accel_redirect: asked by nginx (X-Sendfile-Type), the server answers with
+    X-Accel-Redirect to /_store/<key> and nginx sends the file from the data directory
+    (deploy/nginx.conf's internal location) with the package's digest; the downloads
+    nginx caches are asked without it, so that they are cached."""
     client = await make_client(server__accel_redirect=True, server__file_cache_mb=0)
     url = make_repo("hello", projects.enot_project("hello"))
     r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
                                               "versions": [{"ref": "1.0.0"}]})
     assert r.status == 200, await r.text()
     build = (await r.json())["response"][0]
-    # Asked directly, the server sends only the header nginx acts on.
+    # Asked directly, the server sends the bytes; asked as nginx asks, only the header
+    # nginx acts on.
     r = await client.get(f"/download/{build['build_id']}")
+    on_disk = await r.read()
+    sha256 = hashlib.sha256(on_disk).hexdigest()
+    assert "X-Accel-Redirect" not in r.headers and r.headers["X-Checksum-Sha256"] == sha256
+    r = await client.get(f"/download/{build['build_id']}",
+                         headers={"X-Sendfile-Type": "X-Accel-Redirect"})
     accel = r.headers["X-Accel-Redirect"]
     assert accel.startswith("/_store/artifacts/") and accel.endswith("/hello.ep")
     assert await r.read() == b""
-    on_disk = (data_dir / accel.removeprefix("/_store/")).read_bytes()
+    assert (data_dir / accel.removeprefix("/_store/")).read_bytes() == on_disk
+    get = {"full_name": "tester/hello", "versions": [{"ref": "1.0.0", "erl_version": "25"}]}
     with nginx_in_front(client.server.port, data_dir) as front:
         async with aiohttp.ClientSession() as session:
-            for path, kwargs in ((f"/download/{build['build_id']}", {}),
-                                 ("/get", {"json": {"full_name": "tester/hello", "versions": [
-                                     {"ref": "1.0.0", "erl_version": "25"}]}})):
-                method = session.post if path == "/get" else session.get
-                async with method(f"{front}{path}", **kwargs) as r:
+            seen = []
+            for _ in range(3):
+                async with session.get(f"{front}/download/{build['build_id']}") as r:
+                    assert r.status == 200, await r.text()
+                    assert await r.read() == on_disk
+                    seen.append(r.headers["X-Cache-Status"])
+                    assert r.headers["ETag"] == f'"sha256-{sha256}"'
+            assert seen == ["MISS", "HIT", "HIT"]
+            for _ in range(2):
+                async with session.post(f"{front}/get", json=get) as r:
                     assert r.status == 200, await r.text()
                     assert await r.read() == on_disk
                     assert "X-Accel-Redirect" not in r.headers
                     assert r.headers["Content-Disposition"] == 'attachment; filename="hello.ep"'
+                    # Sent by nginx, with the server's digest rather than nginx's ETag.
+                    assert r.headers["ETag"] == f'"sha256-{sha256}"'
+                    assert r.headers["X-Checksum-Sha256"] == sha256
+                    digest = base64.b64encode(bytes.fromhex(sha256)).decode()
+                    assert r.headers["Repr-Digest"] == f"sha-256=:{digest}:"
             # The store's location is internal: no client reaches it.
             async with session.get(f"{front}{accel}") as r:
                 assert r.status == 404

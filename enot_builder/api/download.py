@@ -8,7 +8,7 @@ from .. import metrics, store, validation
 from ..db import cursor
 from ..keys import DELIVERY, POOL, STORAGE
 from . import digest
-from .stored_file import respond_with
+from .stored_file import from_cache, respond_with
 
 
 def no_such_build(detail: str) -> web.Response:
@@ -17,7 +17,13 @@ def no_such_build(detail: str) -> web.Response:
                         content_type="text/plain")
 
 
-async def _artifact_response(request: web.Request, artifact: dict) -> web.StreamResponse:
+def _alias(build_id: str) -> str:
+    """The name a build's artifact is kept in memory under, beside its storage key."""
+    return f"/download/{build_id}"
+
+
+async def _artifact_response(request: web.Request, artifact: dict,
+                             alias: str | None = None) -> web.StreamResponse:
     key = artifact["artifact_path"]
     sha256 = artifact["artifact_sha256"]
     immutable = {"Cache-Control": "public, max-age=31536000, immutable"}
@@ -35,7 +41,7 @@ async def _artifact_response(request: web.Request, artifact: dict) -> web.Stream
     if sha256:
         headers.update(digest.digest_headers(sha256))
     answer = await respond_with(request, request.app[STORAGE], key, headers,
-                                request.app[DELIVERY], sha256) if key else None
+                                request.app[DELIVERY], sha256, alias) if key else None
     if answer is None:
         return no_such_build(f"{artifact['id']} (its artifact is missing on disk)")
     metrics.record_download(request.app)
@@ -44,13 +50,19 @@ async def _artifact_response(request: web.Request, artifact: dict) -> web.Stream
 
 async def download(request: web.Request) -> web.StreamResponse:
     build_id = validation.build_id(request.match_info["build_id"], "id")
+    # A build id names one file forever (nothing deletes an artifact; a retired version
+    # stays downloadable by its id), so a small artifact sent once is answered from
+    # memory without asking the database.
+    if (kept := from_cache(request, request.app[DELIVERY], _alias(build_id))) is not None:
+        metrics.record_download(request.app)
+        return kept
     async with cursor(request.app[POOL]) as cur:
         artifact = await store.artifact(cur, build_id)
     if artifact is None:
         return no_such_build(build_id)
     if artifact["status"] != "succeeded":
         return no_such_build(f"{build_id} has no artifact (status: {artifact['status']})")
-    return await _artifact_response(request, artifact)
+    return await _artifact_response(request, artifact, _alias(build_id))
 
 
 async def get(request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,11 @@ from . import digest
 
 # Where deploy/nginx.conf's internal location serves the store's keys from.
 ACCEL_PREFIX = "/_store/"
+# nginx asks for X-Accel-Redirect per request, with this header (the convention of
+# Rack::Sendfile and its kin): deploy/nginx.conf sends it everywhere but on the
+# locations it caches, since nginx never caches an answer it turned into an internal
+# redirect (and makes the other clients of a cache miss wait on its lock meanwhile).
+SENDFILE_TYPE = "X-Sendfile-Type"
 
 
 @dataclass(frozen=True)
@@ -36,14 +41,18 @@ class Delivery:
 
 async def respond_with(request: web.Request, storage: Storage, key: str,
                        headers: Mapping[str, str], delivery: Delivery,
-                       sha256: str | None = None) -> web.StreamResponse | None:
+                       sha256: str | None = None,
+                       alias: str | None = None) -> web.StreamResponse | None:
     """The answer carrying the file under `key` with `headers`; None when the store has
     no such file (the caller answers the protocol's "No such build"). With the file's
-    `sha256`, its ETag is made from it (api/digest.py), whichever way it is sent."""
+    `sha256`, its ETag is made from it (api/digest.py), whichever way it is sent. A
+    file kept in memory is kept under `alias` too (see `from_cache`)."""
     # A Range request skips the memory cache: the file's response answers it (206),
     # the cache's would send the whole body. (An object store's stream answers 200.)
     cache = delivery.cache if hdrs.RANGE not in request.headers else None
     if cache is not None and (hit := cache.get(key)) is not None:
+        if alias is not None:
+            cache.alias(alias, key)
         return _from_memory(request, hit.body, hit.headers)
     stored = await storage.stat(key)
     if stored is None:
@@ -54,7 +63,8 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
             # The URL expires: no cache may keep this answer.
             return web.Response(status=303 if request.method == "POST" else 302,
                                 headers={"Location": url, "Cache-Control": "no-store"})
-    if delivery.accel_redirect and stored.local_path is not None:
+    if (delivery.accel_redirect and stored.local_path is not None
+            and request.headers.get(SENDFILE_TYPE) == "X-Accel-Redirect"):
         # nginx sends the bytes (sendfile) with these headers; we send none.
         return web.Response(headers={**headers, "X-Accel-Redirect": ACCEL_PREFIX + key})
     if stored.local_path is not None and not (cache is not None and cache.fits(stored.size)):
@@ -67,7 +77,8 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
         body = b"".join([chunk async for chunk in storage.read(key)])
         all_headers = {**headers, "ETag": _etag(key, len(body), sha256),
                        "Content-Type": headers.get("Content-Type", "application/octet-stream")}
-        cache.put(key, body, all_headers)
+        if cache.put(key, body, all_headers) and alias is not None:
+            cache.alias(alias, key)
         return _from_memory(request, body, all_headers)
     response = web.StreamResponse(headers={**headers, "ETag": _etag(key, stored.size, sha256)})
     response.content_length = stored.size
@@ -76,6 +87,15 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+def from_cache(request: web.Request, delivery: Delivery, name: str) -> web.Response | None:
+    """The answer kept in memory under `name` (a key or an alias), or None. For what
+    never changes under a name, such as a build id's download: no lookup at all."""
+    if delivery.cache is None or hdrs.RANGE in request.headers:
+        return None
+    hit = delivery.cache.get(name)
+    return None if hit is None else _from_memory(request, hit.body, hit.headers)
 
 
 def _etag(key: str, size: int, sha256: str | None = None) -> str:
@@ -87,7 +107,9 @@ def _etag(key: str, size: int, sha256: str | None = None) -> str:
 
 
 def _from_memory(request: web.Request, body: bytes, headers: Mapping[str, str]) -> web.Response:
-    if request.headers.get("If-None-Match") == headers.get("ETag"):
+    etag = headers.get("ETag", "").strip('"')
+    # If-None-Match compares weakly (RFC 9110 13.1.2), as api/digest.py does.
+    if etag and any(tag.value in (etag, "*") for tag in request.if_none_match or ()):
         return web.Response(status=304, headers={k: v for k, v in headers.items()
                                                  if k in ("ETag", "Cache-Control")})
     return web.Response(body=body, headers=headers)
