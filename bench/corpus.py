@@ -12,6 +12,13 @@ newest version tag (or the tag FILE names: lines `owner/name [tag]`), with the
 server's default Erlang release; dependencies the server queues on its own are
 listed too. At the end a table: library, tag, result, compiler, time, and N/M.
 
+The package registry (hex.pm) is out of reach from a machine without the open
+network: the script answers its API itself (`dependencies.hex_api` of the server
+points at it) from the corpus, `GET /api/packages/<name>` naming the repository
+whose `src/<name>.app.src` declares that application, with its version tags as the
+releases. A registry dependency on a library the corpus lacks is then "not found",
+as hex.pm would answer for a package it does not have.
+
 The repositories are the user's own copies (e.g. fetched for a local trial); nothing
 of them is committed, and `make test` never depends on them.
 """
@@ -24,8 +31,10 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .harness import Server, Workdir, http
@@ -112,18 +121,75 @@ def prepare(mirrors: Path, corpus: Path) -> None:
             path.chmod(path.stat().st_mode | 0o444)
 
 
-def configure(server: Server, corpus: Path, timeout: int) -> None:
+def registry_index(corpus: Path) -> dict[str, dict]:
+    """What the registry stand-in answers: application name -> hex.pm's answer shape
+    (`releases`, `meta.links`), from each repository's default branch and tags."""
+    index: dict[str, dict] = {}
+    for repo in sorted(p for p in corpus.glob("*/*") if p.is_dir()):
+        try:
+            files = git(repo, "ls-tree", "--name-only", "HEAD", "src/").split()
+        except subprocess.CalledProcessError:
+            continue
+        releases = [{"version": tag.lstrip("v")} for tag in git(repo, "tag").split()
+                    if VERSION_TAG.fullmatch(tag)]
+        for file in files:
+            if file.endswith(".app.src"):
+                index.setdefault(Path(file).name.removesuffix(".app.src"), {
+                    "releases": releases,
+                    "meta": {"links": {"GitHub": f"https://github.com/{repo.parent.name}/"
+                                                 f"{repo.name}"}}})
+    return index
+
+
+class RegistryStandIn:
+    """hex.pm's `GET /api/packages/<name>` answered from the corpus, on 127.0.0.1."""
+
+    def __init__(self, corpus: Path) -> None:
+        index = registry_index(corpus)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                name = self.path.removeprefix("/api/packages/")
+                answer = index.get(name)
+                body = json.dumps(answer if answer is not None else
+                                  {"status": 404, "message": "Page not found"}).encode()
+                self.send_response(200 if answer is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        self.packages = sorted(index)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RegistryStandIn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def configure(server: Server, corpus: Path, timeout: int, hex_api: str) -> None:
     text = server.config_path.read_text()
     text = text.replace("[git]\n", f'[git]\nrewrites = {{ "https://github.com/" = "file://{corpus}/" }}\n')
     text = text.replace("timeout = 300\n", f"timeout = {timeout}\n")
+    text += f'[dependencies]\nhex_api = "{hex_api}"\n'
     server.config_path.write_text(text)
 
 
 def run(corpus: Path, wanted: list[Library], keep: bool, workers: int, timeout: int,
         deadline: float) -> list[Row]:
-    with Workdir(keep) as workdir:
+    with Workdir(keep) as workdir, RegistryStandIn(corpus) as registry:
+        log.info("registry stand-in at %s: %s", registry.url, ", ".join(registry.packages))
         server = Server(workdir, "corpus", workers=workers)
-        configure(server, corpus, timeout)
+        configure(server, corpus, timeout, registry.url)
         server.start()
         try:
             for lib in wanted:

@@ -34,3 +34,24 @@ def test_the_table_counts_requested_libraries_and_shows_dependencies() -> None:
     assert "| b/two | 2.0 | failed (compile) |  | 3 s | request | enot package failed \\| x |" in text
     assert "| c/dep | 0.1 | succeeded | enot | 1 s | dependency of a/one 1.0 |" in text
     assert "1/2 requested libraries built; 2/3 builds in all" in text
+
+
+def test_the_registry_stand_in_names_repositories_by_their_application(repos_dir: Path) -> None:
+    """hex.pm's answer shape, from the corpus: the registry name is the application's,
+    which may differ from the repository's (benoitc/erlang-idna holds idna)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    projects.git_repo(repos_dir / "benoitc" / "erlang-idna", projects.rebar_project("idna"),
+                      tag="6.1.1", extra_tags=("v6.0.0", "latest"))
+    with corpus.RegistryStandIn(repos_dir) as registry:
+        with urllib.request.urlopen(f"{registry.url}/packages/idna", timeout=10) as r:
+            answer = json.load(r)
+        assert sorted(release["version"] for release in answer["releases"]) == ["6.0.0", "6.1.1"]
+        assert answer["meta"]["links"] == {"GitHub": "https://github.com/benoitc/erlang-idna"}
+        try:
+            urllib.request.urlopen(f"{registry.url}/packages/erlang-idna", timeout=10)
+            raise AssertionError("a repository's name is not a package of the registry")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404
