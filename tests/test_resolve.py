@@ -252,11 +252,53 @@ include erlang.mk
     assert declared.erlang_mk_deps(b"include erlang.mk\n") == []
 
 
+def test_makefile_conditionals_are_evaluated_as_make_would_in_the_build() -> None:
+    """gun's Makefile: `ifeq ($(GUN_QUICER),1)` / `DEPS += quicer`. Nothing sets
+    GUN_QUICER in the build, so quicer is not a dependency (it is not in the corpus
+    either: the build failed on it)."""
+    makefile = b"""PROJECT = gun
+DEPS = cowlib
+dep_cowlib = git https://github.com/ninenines/cowlib 2.16.0
+ifeq ($(GUN_QUICER),1)
+DEPS += quicer
+dep_quicer = git https://github.com/emqx/quic main
+endif
+WITH_JSX = yes
+ifdef WITH_JSX
+DEPS += jsx
+else
+DEPS += never
+endif
+ifneq "$(WITH_JSX)" "yes"
+DEPS += never
+else ifeq ($(PROJECT),gun)
+  ifndef NOT_SET
+DEPS += ranch
+  endif
+else
+DEPS += never
+endif
+ifeq ($(shell uname),Linux)
+DEPS += never
+endif
+define LONG
+DEPS += never
+endef
+dep_jsx = git https://github.com/talentdeficit/jsx v3.1.0
+dep_ranch = git https://github.com/ninenines/ranch 2.1.0
+include erlang.mk
+"""
+    assert [dep.name for dep in declared.erlang_mk_deps(makefile)] == ["cowlib", "jsx", "ranch"]
+
+
 def test_hostile_makefile_is_linear() -> None:
     import time
     started = time.monotonic()
     for hostile in (b"A" * 1_000_000, b"\\\n" * 500_000, (b" " * 1000 + b"x") * 1000,
-                    b"DEPS = " + b"a " * 500_000):
+                    b"DEPS = " + b"a " * 500_000, b"ifeq " + b'"' * 1_000_000,
+                    b"ifeq (" + b"$(" * 500_000, b"ifeq \"a\" " + b"'x" * 500_000,
+                    b"ifdef A\n" * 200_000 + b"DEPS = x\n" + b"else\n" * 200_000,
+                    b"ifndef A\n" * 300_000 + b"DEPS = x\n" + b"endif\n" * 300_000):
         declared.erlang_mk_deps(hostile)
     assert time.monotonic() - started < 5
 

@@ -94,11 +94,17 @@ def rebar_deps(document: Any) -> list[Declared]:
 def makefile_assignments(makefile: bytes) -> dict[str, str]:
     """The variables a Makefile assigns, as text (later assignments win, += appends).
 
-    Continuation lines (a trailing backslash) are joined first. Conditionals are not
-    evaluated: every assignment counts, which is what enot's own reading does too.
+    Continuation lines (a trailing backslash) are joined first. Conditionals are
+    evaluated as make would in the build, where the environment sets nothing: `ifdef
+    GUN_QUICER` and `ifeq ($(GUN_QUICER),1)` are false, so an optional dependency
+    (`DEPS += quicer` there) is not one. `$(NAME)` expands to what the Makefile
+    assigned so far; a condition with any other expansion (a function such as
+    `$(shell ...)`) is taken as false. `define ... endef` bodies assign nothing.
     """
     variables: dict[str, str] = {}
+    branches = _Branches()
     pending: list[bytes] = []
+    in_define = False
     for raw in makefile.split(b"\n"):
         line = raw.rstrip(b"\r")
         if line.endswith(b"\\"):
@@ -106,7 +112,20 @@ def makefile_assignments(makefile: bytes) -> dict[str, str]:
             continue
         logical = b" ".join([*pending, line]) if pending else line
         pending = []
-        if logical.lstrip(b" \t").startswith(b"#"):
+        stripped = logical.strip(b" \t")
+        if stripped.startswith(b"#"):
+            continue
+        word = stripped.split(None, 1)[0] if stripped else b""
+        if in_define:
+            in_define = word != b"endef"
+            continue
+        if word in _CONDITIONALS or word in (b"else", b"endif"):
+            branches.line(stripped, variables)
+            continue
+        if not branches.active:
+            continue
+        if word == b"define":
+            in_define = True
             continue
         match = ASSIGNMENT.match(logical)
         if match is None:
@@ -118,6 +137,86 @@ def makefile_assignments(makefile: bytes) -> dict[str, str]:
         elif match.group(2) != b"?=" or name not in variables:
             variables[name] = value
     return variables
+
+
+_CONDITIONALS = (b"ifdef", b"ifndef", b"ifeq", b"ifneq")
+# $(NAME) or ${NAME}: a plain variable reference, the only expansion we evaluate.
+_REFERENCE = re.compile(r"\$[({]([A-Za-z0-9_.-]+)[)}]")
+
+
+class _Branches:
+    """The stack of make conditionals open at a line: whether lines there count."""
+
+    def __init__(self) -> None:
+        # Per open conditional: (counting around it, a branch was taken, this one is).
+        self.stack: list[tuple[bool, bool, bool]] = []
+
+    @property
+    def active(self) -> bool:
+        # The top one's `outer` already says whether every conditional below counts
+        # (so a deep nesting costs nothing per line).
+        return not self.stack or (self.stack[-1][0] and self.stack[-1][2])
+
+    def line(self, text: bytes, variables: dict[str, str]) -> None:
+        word, _, rest = text.partition(b" ")
+        if word in _CONDITIONALS:
+            holds = _condition(word, rest.strip(b" \t").decode(errors="replace"), variables)
+            self.stack.append((self.active, holds, holds))
+        elif word == b"else" and self.stack:
+            outer, taken, _ = self.stack.pop()
+            chained = rest.strip(b" \t").partition(b" ")
+            if chained[0] in _CONDITIONALS:  # else ifeq (...): the chain goes on
+                holds = not taken and _condition(
+                    chained[0], chained[2].strip(b" \t").decode(errors="replace"), variables)
+                self.stack.append((outer, taken or holds, holds))
+            else:
+                self.stack.append((outer, True, not taken))
+        elif word == b"endif" and self.stack:
+            self.stack.pop()
+
+
+def _condition(word: bytes, argument: str, variables: dict[str, str]) -> bool:
+    if word in (b"ifdef", b"ifndef"):
+        defined = bool(variables.get(argument.strip(), ""))
+        return defined if word == b"ifdef" else not defined
+    sides = _comparison(argument)
+    if sides is None:
+        return False
+    expanded = [_expand(side, variables) for side in sides]
+    if any(side is None for side in expanded):
+        return False
+    equal = expanded[0] == expanded[1]
+    return equal if word == b"ifeq" else not equal
+
+
+def _comparison(argument: str) -> tuple[str, str] | None:
+    """The two sides of `(a,b)`, `"a" "b"` or `'a' 'b'`."""
+    if argument.startswith("(") and argument.endswith(")"):
+        inner = argument[1:-1]
+        # The comma between the sides is the first one outside a $(...) reference.
+        depth = 0
+        for i, char in enumerate(inner):
+            if char in "({":
+                depth += 1
+            elif char in ")}":
+                depth -= 1
+            elif char == "," and depth == 0:
+                return inner[:i].strip(), inner[i + 1:].strip()
+        return None
+    sides = []
+    rest = argument
+    for _ in range(2):  # "a" "b", 'a' 'b' (each side its own quote); found, not matched
+        if not rest or rest[0] not in "\"'" or (end := rest.find(rest[0], 1)) < 0:
+            return None
+        sides.append(rest[1:end])
+        rest = rest[end + 1:].lstrip(" \t")
+    return (sides[0], sides[1]) if not rest else None
+
+
+def _expand(text: str, variables: dict[str, str]) -> str | None:
+    """`text` with its $(NAME) references replaced; None when it holds anything else."""
+    expanded = _REFERENCE.sub(lambda m: variables.get(m.group(1), ""), text)
+    return None if "$" in expanded else expanded.strip()
 
 
 def erlang_mk_deps(makefile: bytes) -> list[Declared]:
