@@ -193,3 +193,10 @@ def test_every_domain_exception_has_its_status() -> None:
     assert refusals and refusals <= set(errors.STATUS)
     assert errors.status_of(domain.RepositoryConflict("bound elsewhere")) == 409
     assert errors.status_of(domain.InvalidInput("ref", "bad tag")) == 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """Issue 10's bound: a module past it is doing two jobs."""
+    long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}
