@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from . import projects
+from .conftest import world_readable_tempdir
 from .nginx import nginx_in_front
+from .test_enot_client import client_config, enot
 
 
 async def test_downloads_are_cached_in_front_of_the_server(make_client: Any, make_repo: Any,
@@ -103,3 +106,13 @@ async def test_nginx_sends_local_files_for_the_server(make_client: Any, make_rep
             # The store's location is internal: no client reaches it.
             async with session.get(f"{front}{accel}") as r:
                 assert r.status == 404
+        # The real enot client through the front: POST /get, sent by nginx.
+        home = world_readable_tempdir("enot-builder-test-client-")
+        try:
+            client_config(home, front)
+            code, out = await enot(home, home, "fetch", "tester/hello", "1.0.0")
+            assert code == 0, out
+            cached = home / ".cache" / "enot" / "tester" / "hello" / "1.0.0" / "25"
+            assert (cached / "ebin" / "hello.beam").is_file(), out
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
