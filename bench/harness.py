@@ -96,6 +96,24 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+class CaptureCursor:
+    """Stands in for an aiopg cursor to obtain the exact SQL a store function runs (the
+    bench explains and times the server's own statements, never copies of them)."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Any]] = []
+        self.connection = type("CaptureConnection", (), {})()
+
+    async def execute(self, sql: str, params: Any = None) -> None:
+        self.statements.append((sql, params))
+
+    async def fetchall(self) -> list[Any]:
+        return []
+
+    async def fetchone(self) -> dict[str, Any]:
+        return {"docs": "[]"}
+
+
 class Server:
     """enot-builder as a real process on its own data dir (and so its own private cluster).
 

@@ -22,7 +22,7 @@ from enot_builder import db, pgcluster
 from enot_builder.store import queue as queue_store
 
 from . import data
-from .harness import HOST, Nginx, Server, Wrk, http, machine_cpu_seconds
+from .harness import HOST, CaptureCursor, Nginx, Server, Wrk, http, machine_cpu_seconds
 from .scenarios import MiB, Row, at_least, cpu_ratio, round_ratios, wrk_rounds
 
 log = logging.getLogger("bench")
@@ -238,10 +238,9 @@ def _build_all(web: Server, shared: SharedCluster, url: str, refs: list[str], er
     with closing(shared.connect()) as conn, conn.cursor() as cur:
         while True:
             cur.execute("SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed', "
-                        "'cancelled')), count(*) FILTER (WHERE status <> 'succeeded' AND "
-                        "status IN ('failed', 'cancelled')), extract(epoch FROM "
-                        "max(finished_at) - min(created_at)) FROM builds WHERE ref = ANY(%s)",
-                        (refs,))
+                        "'cancelled')), count(*) FILTER (WHERE status IN ('failed', "
+                        "'cancelled')), extract(epoch FROM max(finished_at) - "
+                        "min(created_at)) FROM builds WHERE ref = ANY(%s)", (refs,))
             ended, failed, span = cur.fetchone()
             if ended >= len(refs):
                 break
@@ -259,24 +258,11 @@ def _failures(cur: Any, refs: list[str]) -> str:
 
 # --- the claim with a long queue ---------------------------------------------------
 
-class _CaptureCursor:
-    """Stands in for an aiopg cursor to obtain the exact SQL a store function runs."""
-
-    def __init__(self) -> None:
-        self.statements: list[tuple[str, Any]] = []
-
-    async def execute(self, sql: str, params: Any = None) -> None:
-        self.statements.append((sql, params))
-
-    async def fetchone(self) -> None:
-        return None
-
-
 def claims(shared: SharedCluster, rounds: int, claims_per_round: int = 200) -> list[Row]:
     """The claim statement of the workers (store/queue.py's claim_build) with 100,000
     builds queued vs 100: two databases of one cluster, the claims rolled back (the
     queue stays as long), interleaved rounds, median round trip kept."""
-    capture = _CaptureCursor()
+    capture = CaptureCursor()
     asyncio.run(queue_store.claim_build(capture, "bench-claimer", 60))
     (sql, params), = capture.statements
     sizes = {"100": 100, "100,000": 100_000}

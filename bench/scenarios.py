@@ -30,6 +30,7 @@ from .harness import (
     ENOT,
     HOST,
     WEBHOOK_SECRET,
+    CaptureCursor,
     Server,
     Wrk,
     WrkResult,
@@ -193,23 +194,6 @@ def _where_the_time_goes(server: Server, wrk: Wrk, erl: str, const: WrkResult) -
     return rows
 
 
-class _CaptureCursor:
-    """Stands in for an aiopg cursor to obtain the exact SQL a store function runs."""
-
-    def __init__(self) -> None:
-        self.statements: list[tuple[str, Any]] = []
-        self.connection = type("CaptureConnection", (), {})()
-
-    async def execute(self, sql: str, params: Any = None) -> None:
-        self.statements.append((sql, params))
-
-    async def fetchall(self) -> list[Any]:
-        return []
-
-    async def fetchone(self) -> dict[str, Any]:
-        return {"docs": "[]"}
-
-
 def _explain(conn: Any) -> list[str]:
     """Planning and execution time inside PostgreSQL of the server's own /search and
     /versions statements (taken from enot_builder.store), for the record."""
@@ -220,7 +204,7 @@ def _explain(conn: Any) -> list[str]:
             ("/search", lambda c: store.search(c, name="target", namespace=None, version=None,
                                                erl_version=None, limit=100)),
             ("/versions", lambda c: store.successful_versions(c, "bench", "target", None))):
-        capture = _CaptureCursor()
+        capture = CaptureCursor()
         asyncio.run(call(capture))
         with conn.cursor() as cur:
             # The store prepares its hot statements (PREPARE, then EXECUTE): do the same.

@@ -215,6 +215,15 @@ async def no_process_left(pattern: str, timeout: float = 30) -> None:
         raise AssertionError(f"{e}: {left}") from None
 
 
+async def build_hello(client: TestClient, make_repo: Callable[..., str]) -> str:
+    """Build tester/hello 1.0.0 (a tiny enot package) through POST /buildSync; its id."""
+    url = make_repo("hello", projects.enot_project("hello"))
+    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
+                                              "versions": [{"ref": "1.0.0"}]})
+    assert r.status == 200, await r.text()
+    return (await r.json())["response"][0]["build_id"]
+
+
 async def wait_for_status(client: TestClient, build_id: str, statuses: tuple[str, ...],
                           timeout: float = 120) -> dict[str, Any]:
     """Wait until the build reaches one of `statuses`; return its row."""

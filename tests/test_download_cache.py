@@ -7,17 +7,13 @@ from typing import Any
 
 from enot_builder.keys import DELIVERY
 
-from . import projects
+from .conftest import build_hello
 
 
 async def test_a_small_download_is_answered_from_memory_by_its_build_id(
         make_client: Any, make_repo: Any, db_conn: Any) -> None:
     client = await make_client()
-    url = make_repo("hello", projects.enot_project("hello"))
-    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
-                                              "versions": [{"ref": "1.0.0"}]})
-    assert r.status == 200, await r.text()
-    build_id = (await r.json())["response"][0]["build_id"]
+    build_id = await build_hello(client, make_repo)
     first = await client.get(f"/download/{build_id}")
     body = await first.read()
     assert first.status == 200 and body

@@ -11,8 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from . import projects
-from .conftest import world_readable_tempdir
+from .conftest import build_hello, world_readable_tempdir
 from .nginx import nginx_in_front
 from .test_enot_client import client_config, enot
 
@@ -20,11 +19,7 @@ from .test_enot_client import client_config, enot
 async def test_downloads_are_cached_in_front_of_the_server(make_client: Any, make_repo: Any,
                                                            data_dir: Path) -> None:
     client = await make_client()
-    url = make_repo("hello", projects.enot_project("hello"))
-    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
-                                              "versions": [{"ref": "1.0.0"}]})
-    assert r.status == 200, await r.text()
-    build_id = (await r.json())["response"][0]["build_id"]
+    build_id = await build_hello(client, make_repo)
     direct = await (await client.get(f"/download/{build_id}")).read()
 
     with nginx_in_front(client.server.port, data_dir) as front:
@@ -64,18 +59,14 @@ async def test_nginx_sends_local_files_for_the_server(make_client: Any, make_rep
     (deploy/nginx.conf's internal location) with the package's digest; the downloads
     nginx caches are asked without it, so that they are cached."""
     client = await make_client(server__accel_redirect=True, server__file_cache_mb=0)
-    url = make_repo("hello", projects.enot_project("hello"))
-    r = await client.post("/buildSync", json={"full_name": "tester/hello", "clone_url": url,
-                                              "versions": [{"ref": "1.0.0"}]})
-    assert r.status == 200, await r.text()
-    build = (await r.json())["response"][0]
+    build_id = await build_hello(client, make_repo)
     # Asked directly, the server sends the bytes; asked as nginx asks, only the header
     # nginx acts on.
-    r = await client.get(f"/download/{build['build_id']}")
+    r = await client.get(f"/download/{build_id}")
     on_disk = await r.read()
     sha256 = hashlib.sha256(on_disk).hexdigest()
     assert "X-Accel-Redirect" not in r.headers and r.headers["X-Checksum-Sha256"] == sha256
-    r = await client.get(f"/download/{build['build_id']}",
+    r = await client.get(f"/download/{build_id}",
                          headers={"X-Sendfile-Type": "X-Accel-Redirect"})
     accel = r.headers["X-Accel-Redirect"]
     assert accel.startswith("/_store/artifacts/") and accel.endswith("/hello.ep")
@@ -86,7 +77,7 @@ async def test_nginx_sends_local_files_for_the_server(make_client: Any, make_rep
         async with aiohttp.ClientSession() as session:
             seen = []
             for _ in range(3):
-                async with session.get(f"{front}/download/{build['build_id']}") as r:
+                async with session.get(f"{front}/download/{build_id}") as r:
                     assert r.status == 200, await r.text()
                     assert await r.read() == on_disk
                     seen.append(r.headers["X-Cache-Status"])
