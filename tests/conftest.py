@@ -286,15 +286,24 @@ async def settled(client: TestClient, timeout: float = 180) -> None:
 
 
 # A build step that holds the build until the test opens the gate (open_gate), or two
-# minutes have passed: "still running" then is a fact, not a race against a sleep.
-GATE = "for i in $(seq 1200); do [ -e /build/go ] && break; sleep 0.1; done"
+# minutes have passed: "still running" then is a fact, not a race against a sleep. It
+# leaves /build/held behind, so that the test opens a gate the build has reached (a
+# build just claimed has no work directory yet).
+GATE = ("touch /build/held; "
+        "for i in $(seq 1200); do [ -e /build/go ] && break; sleep 0.1; done")
 
 
-def open_gate(client: TestClient, build_id: str) -> None:
+async def open_gate_in(work_dir: Path) -> None:
+    """Let the build whose work directory is `work_dir` go on, once it is held at GATE."""
+    await eventually(lambda: (work_dir / "held").exists(), f"a build held at {work_dir}", 120)
+    (work_dir / "go").touch()
+
+
+async def open_gate(client: TestClient, build_id: str) -> None:
     """Let a build held at GATE go on (its work directory is /build inside the sandbox)."""
     from enot_builder.keys import BUILDER
 
-    (client.server.app[BUILDER].layout.work_dir(build_id) / "go").touch()
+    await open_gate_in(client.server.app[BUILDER].layout.work_dir(build_id))
 
 
 async def one_running_one_queued(client: TestClient,

@@ -121,7 +121,7 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
     # A mark on this document: the new lines must reach it by streaming, not by the
     # no-JavaScript fallback reloading the page.
     await page.evaluate("window.sameDocument = true")
-    open_gate(client, build_id)
+    await open_gate(client, build_id)
     await expect(page.locator("#log")).to_contain_text("tick 2", timeout=60_000)
     assert await page.evaluate("window.sameDocument === true"), "the page was reloaded"
     await expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)

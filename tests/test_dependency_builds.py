@@ -215,7 +215,7 @@ async def test_waiting_is_visible_in_the_queue_the_page_and_the_log(
     log = await (await client.get("/build_log", params={"build_id": needs_id})).text()
     assert f"WAITING: {waiting_for} (build {gated_id})" in log, log
 
-    open_gate(client, gated_id)
+    await open_gate(client, gated_id)
     done = await wait_for_status(client, needs_id, ("succeeded", "failed"), timeout=180)
     assert done["status"] == "succeeded", done["message"]
 

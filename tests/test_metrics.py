@@ -133,7 +133,7 @@ async def test_queue_depth_and_running_builds(make_client: Any, make_repo: Any) 
     assert value(samples, "enot_builder_queue_depth", status="queued") == 1
     assert value(samples, "enot_builder_queue_depth", status="running") == 1
     assert value(samples, "enot_builder_running_builds") == 1
-    open_gate(client, slow_id)
+    await open_gate(client, slow_id)
     await wait_for_status(client, fast_id, ("succeeded", "failed"))
     samples = await scrape(client)
     assert value(samples, "enot_builder_queue_depth", status="queued") == 0

@@ -129,7 +129,7 @@ async def test_queue_and_queued_build_pages(make_client: Any, make_repo: Any) ->
 
     text = await page(client, "/ui/packages/tester/fast")
     assert f'href="/ui/builds/{fast_id}">queued</a>' in text  # not in the matrix yet
-    open_gate(client, slow_id)
+    await open_gate(client, slow_id)
     done = await wait_for_status(client, fast_id, ("succeeded", "failed"))
     assert done["status"] == "succeeded"
 

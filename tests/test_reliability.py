@@ -243,7 +243,7 @@ async def test_postgresql_outage_mid_build(aiohttp_client: Any, data_dir: Path,
     r = await client.get("/last_builds")
     assert r.status == 503
     assert (await r.json())["response"] == "The database is unavailable; try again shortly"
-    open_gate(client, build_id)
+    await open_gate(client, build_id)
     # The build ends while the database is away: its log (on disk) says so.
 
     def ended() -> bool:

@@ -18,7 +18,7 @@ from enot_builder.queue import workers
 from enot_builder.storage.s3 import S3Settings, S3Storage
 
 from . import projects
-from .conftest import GATE, eventually, no_process_left, wait_for_status
+from .conftest import GATE, eventually, no_process_left, open_gate_in, wait_for_status
 from .processes import ServerProcess, scratch_root, start_server, wait_until_up
 
 
@@ -166,7 +166,7 @@ async def test_a_killed_workers_build_is_finished_by_the_other(servers: Any, mak
         taken = await eventually(lambda: row()["pid"] == other.process.pid and row(),
                                  "the other worker taking the build over", timeout=120)
         assert taken == {"status": "running", "pid": other.process.pid, "attempt": 2}
-        (Layout(other.data_dir).work_dir(build_id) / "go").touch()
+        await open_gate_in(Layout(other.data_dir).work_dir(build_id))
         await eventually(lambda: row()["status"] == "succeeded", "the build succeeding", 120)
         async with session.get(f"{web.url}/download/{build_id}") as r:
             assert r.status == 200, await r.text()

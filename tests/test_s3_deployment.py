@@ -102,7 +102,7 @@ async def test_a_running_builds_log_is_followed_from_the_database(
         text = await eventually(shipped, "the running build's log, shipped", 120, every=0.5)
         assert f"build {build_id} of tester/held" in text
         follow = await client.get("/build_log", params={"build_id": build_id, "follow": "1"})
-        open_gate(client, build_id)
+        await open_gate(client, build_id)
         followed = await follow.text()  # to the end of the build
         assert followed.startswith(f"[enot-builder] build {build_id}")
         assert "[enot-builder] SUCCESS" in followed
