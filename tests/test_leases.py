@@ -100,6 +100,26 @@ async def test_claim_renew_expire_requeue(pool: Any) -> None:
         assert (await cur.fetchone())["fresh"]
 
 
+async def test_a_requeued_rebuild_is_not_superseded_by_a_check(pool: Any) -> None:
+    """A rebuild that goes back to the queue while a reproducibility check of the same
+    tag is queued stays a build of its own: the two are not the same kind of build."""
+    first = await queue(pool, "1.0.0")
+    async with db.cursor(pool) as cur:
+        await store.claim_build(cur, "h:1/0", lease=60)
+        assert await store.finish_build(cur, first, worker="h:1/0", succeeded=True,
+                                        message="built")
+    rebuild = await queue(pool, "1.0.0")
+    async with db.cursor(pool) as cur:
+        assert str((await store.claim_build(cur, "h:1/0", lease=60))["id"]) == rebuild
+    check = await queue(pool, "1.0.0", verify_of=first)
+    async with db.cursor(pool) as cur:
+        assert await store.requeue_build(cur, rebuild, worker="h:1/0")
+        await cur.execute("SELECT id::text, status::text, superseded_by FROM builds"
+                          " WHERE id IN (%s, %s) ORDER BY queue_seq", (rebuild, check))
+        rows = [tuple(row.values()) for row in await cur.fetchall()]
+    assert rows == [(rebuild, "queued", None), (check, "queued", None)]
+
+
 class Wakes:
     def __init__(self) -> None:
         self.count = 0

@@ -18,7 +18,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from enot_builder import cli
 
 from . import projects
-from .conftest import wait_for_status
+from .conftest import GATE, open_gate, wait_for_status
 from .test_webhooks import hooked, signed, tag_created  # noqa: F401 (a fixture)
 
 ADMIN = "operator-token-for-tests"
@@ -181,6 +181,45 @@ async def test_a_package_that_writes_the_time_is_reported_not_reproducible(
     assert current["build_id"] == first and current["reproducible"] is False
     page = await (await client.get("/ui/packages/tester/clock")).text()
     assert "not reproducible" in page
+
+
+async def test_a_check_and_a_rebuild_queued_together_stay_apart(make_client: Any,
+                                                                 make_repo: Any) -> None:
+    """A verifying rebuild asked while a plain rebuild of the tag is queued is a check
+    of its own (joining the rebuild would check nothing); each kind joins its own."""
+    client = await make_client(builds__workers=1)
+    url = make_repo("twice", projects.enot_project("twice"))
+    first = await build(client, "tester/twice", url)
+    held = make_repo("held", projects.enot_project("held", prebuild=[GATE]))
+    r = await client.post("/buildAsync", json={"full_name": "tester/held", "clone_url": held,
+                                               "versions": [{"ref": "1.0.0"}]})
+    held_id = (await r.json())["response"][0]["build_id"]
+    # The one worker is held: what is asked for next stays queued.
+    await wait_for_status(client, held_id, ("running",))
+
+    async def rebuild(**body: Any) -> dict[str, Any]:
+        r = await client.post("/rebuild", json={"build_id": first, **body})
+        assert r.status == 202, await r.text()
+        [entry] = (await r.json())["response"]
+        return entry
+
+    plain = await rebuild()
+    check = await rebuild(verify=True)
+    assert check["build_id"] != plain["build_id"], (plain, check)
+    assert (check["verify_of"], check["coalesced"]) == (first, False)
+    again = await rebuild(verify=True)
+    assert (again["build_id"], again["coalesced"], again["verify_of"]) == (
+        check["build_id"], True, first)
+    assert (await rebuild())["build_id"] == plain["build_id"]
+
+    await open_gate(client, held_id)
+    for entry in (plain, check):
+        done = await wait_for_status(client, entry["build_id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done["message"]
+    [current] = await payload(client, "POST", "/builds", json={"full_name": "tester/twice"})
+    assert current["build_id"] == plain["build_id"]
+    page = await (await client.get(f"/ui/builds/{check['build_id']}")).text()
+    assert "yes: a rebuild gave the same bytes" in page
 
 
 async def test_retire_a_version_and_undo_it(make_client: Any, make_repo: Any) -> None:

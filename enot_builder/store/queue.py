@@ -34,15 +34,18 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
     leaves the release to the package is identical to any build of the tag that was
     not split off from another (its release is known only once it runs).
     Returns id, status and how: "queued" (new), "coalesced" or "existing".
-    `verify_of` makes a new build a reproducibility check of that build (a request
-    that joins a queued or running build checks nothing).
+    `verify_of` makes a new build a reproducibility check of that build. Checks and
+    builds join only their own kind: a check that joined a plain rebuild would check
+    nothing, and a request that joined a check would get a build that is never current.
     """
     await lock_build_key(cur, repository_id, ref)
     await cur.execute(
         """
-        SELECT b.id::text AS id, b.status::text AS status FROM builds b
+        SELECT b.id::text AS id, b.status::text AS status, b.verify_of::text AS verify_of
+        FROM builds b
         WHERE b.repository_id = %(repository_id)s AND b.ref = %(ref)s
-          AND (b.status IN ('queued', 'waiting', 'running')
+          AND ((b.status IN ('queued', 'waiting', 'running')
+                AND b.verify_of IS NOT DISTINCT FROM %(verify_of)s::uuid)
                -- a success still listed: one from a source the name left is not its own
                OR (%(reuse)s AND b.status = 'succeeded' AND b.package_version_id IS NOT NULL))
           AND CASE WHEN %(erl_version)s::text IS NULL THEN b.parent_id IS NULL
@@ -51,7 +54,7 @@ async def enqueue_build(cur: aiopg.Cursor, *, repository_id: int, ref: str,
         LIMIT 1
         """,
         {"repository_id": repository_id, "ref": ref, "erl_version": erl_version,
-         "reuse": reuse_success},
+         "reuse": reuse_success, "verify_of": verify_of},
     )
     found = await cur.fetchone()
     if found is not None and found["status"] == "succeeded":
@@ -112,10 +115,10 @@ async def requeue_build(cur: aiopg.Cursor, build_id: str, *, worker: str | None 
     was not running (as `worker`) any more.
 
     On a retry the attempt counts; after an interruption (shutdown, a dead process)
-    it does not. When an identical build was queued meanwhile (one queued copy is
-    allowed), this one is cancelled in its favour instead: superseded_by points at it,
-    and this build's requests now wait for it. `worker` guards against writing over a
-    build another worker has claimed since.
+    it does not. When an identical build of the same kind (enqueue_build) was queued
+    meanwhile (one queued copy is allowed), this one is cancelled in its favour
+    instead: superseded_by points at it, and this build's requests now wait for it.
+    `worker` guards against writing over a build another worker has claimed since.
     """
     async with cur.begin():
         await cur.execute(
@@ -135,6 +138,7 @@ async def requeue_build(cur: aiopg.Cursor, build_id: str, *, worker: str | None 
             LEFT JOIN builds dup ON dup.status = 'queued'
                  AND dup.repository_id = self.repository_id AND dup.ref = self.ref
                  AND coalesce(dup.erl_version, '') = coalesce(self.erl_version, '')
+                 AND dup.verify_of IS NOT DISTINCT FROM self.verify_of
             WHERE b.id = me.id AND b.status = 'running'
               AND (%(worker)s::text IS NULL OR b.worker = %(worker)s)
             RETURNING b.superseded_by::text AS successor
