@@ -293,17 +293,27 @@ GATE = ("touch /build/held; "
         "for i in $(seq 1200); do [ -e /build/go ] && break; sleep 0.1; done")
 
 
+def gate_of(client: TestClient, build_id: str) -> Path:
+    """The work directory of a build of this client's server (/build in the sandbox)."""
+    from enot_builder.keys import BUILDER
+
+    return client.server.app[BUILDER].layout.work_dir(build_id)
+
+
+async def held_at_gate(work_dir: Path) -> None:
+    """Wait until the build whose work directory is `work_dir` is held at GATE."""
+    await eventually(lambda: (work_dir / "held").exists(), f"a build held at {work_dir}", 120)
+
+
 async def open_gate_in(work_dir: Path) -> None:
     """Let the build whose work directory is `work_dir` go on, once it is held at GATE."""
-    await eventually(lambda: (work_dir / "held").exists(), f"a build held at {work_dir}", 120)
+    await held_at_gate(work_dir)
     (work_dir / "go").touch()
 
 
 async def open_gate(client: TestClient, build_id: str) -> None:
-    """Let a build held at GATE go on (its work directory is /build inside the sandbox)."""
-    from enot_builder.keys import BUILDER
-
-    await open_gate_in(client.server.app[BUILDER].layout.work_dir(build_id))
+    """Let a build of this client's server held at GATE go on."""
+    await open_gate_in(gate_of(client, build_id))
 
 
 async def one_running_one_queued(client: TestClient,
@@ -315,7 +325,7 @@ async def one_running_one_queued(client: TestClient,
     r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
                                                "versions": [{"ref": "1.0.0"}]})
     slow_id = (await r.json())["response"][0]["build_id"]
-    await wait_for_status(client, slow_id, ("running",))
+    await held_at_gate(gate_of(client, slow_id))
     r = await client.post("/buildAsync", json={"full_name": "tester/fast", "clone_url": fast,
                                                "versions": [{"ref": "1.0.0"}]})
     return slow_id, (await r.json())["response"][0]["build_id"]

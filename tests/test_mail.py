@@ -22,7 +22,7 @@ from enot_builder.keys import MAILER
 from enot_builder.mail import Mailer
 
 from . import projects
-from .conftest import eventually, free_port, settled, wait_for_status
+from .conftest import GATE, eventually, free_port, open_gate, settled, wait_for_status
 
 
 class Inbox:
@@ -299,12 +299,14 @@ async def test_a_request_that_joins_a_running_build_gets_its_report(
     inbox, port = smtp
     client = await make_client(mail__host="127.0.0.1", mail__port=port,
                                mail__sender="builder@example.org")
-    url = make_repo("joined", projects.enot_project("joined", prebuild=["sleep 2"]))
+    url = make_repo("joined", projects.enot_project("joined", prebuild=[GATE]))
     request = {"full_name": "tester/joined", "clone_url": url, "versions": [{"ref": "1.0.0"}]}
     first = (await (await client.post("/buildAsync", json=request)).json())["response"][0]
     await wait_for_status(client, first["build_id"], ("running",))
     second = (await (await client.post("/buildAsync", json=request)).json())["response"][0]
     assert (second["build_id"], second["coalesced"]) == (first["build_id"], True)
+    await open_gate(client, first["build_id"])
+    await wait_for_status(client, first["build_id"], ("succeeded", "failed"))
     await wait_for_mail(inbox, 2)  # one report per request, the joined one's too
     assert [m["Subject"] for _, m in inbox.messages] == [
         "[enot-builder] tester/joined 1.0.0: built"] * 2

@@ -147,10 +147,14 @@ async def test_watchdog_fails_a_build_stuck_past_its_timeout(make_client: Any,
 
 
 async def test_watchdog_stops_an_overrunning_build_of_its_own(make_client: Any,
-                                                               make_repo: Any) -> None:
+                                                               make_repo: Any,
+                                                               db_conn: Any) -> None:
     # The builder's own time limit is moved out of the way (as if its supervision had
-    # hung): only the watchdog, at timeout 1 s + margin 1 s, can stop this build.
-    client = await make_client(builds__timeout=1, builds__watchdog_margin=1, builds__workers=1)
+    # hung): only the watchdog, at timeout 1 s + margin 30 s, can stop this build. The
+    # build overruns once it is seen running its step (its start is moved an hour
+    # back): a slow clone must not reach the limit first.
+    client = await make_client(builds__timeout=1, builds__watchdog_margin=30,
+                               builds__workers=1)
     builder = client.server.app[BUILDER]
     builder.config = dataclasses.replace(
         builder.config, builds=dataclasses.replace(builder.config.builds, timeout=3600))
@@ -161,9 +165,12 @@ async def test_watchdog_stops_an_overrunning_build_of_its_own(make_client: Any,
                                                "versions": [{"ref": "1.0.0"}]})
     build_id = (await r.json())["response"][0]["build_id"]
     await eventually(lambda: running_processes(tag), "the build's sleep starting")
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE builds SET started_at = now() - interval '1 hour' WHERE id = %s",
+                    (build_id,))
     build = await wait_for_status(client, build_id, ("failed", "succeeded"), timeout=60)
     assert build["status"] == "failed"
-    assert build["message"] == ("stopped by the watchdog: still running 1 s past its time "
+    assert build["message"] == ("stopped by the watchdog: still running 30 s past its time "
                                 "limit of 1 s")
     await no_process_left(tag)
     assert client.server.app[QUEUE].running == []

@@ -15,9 +15,10 @@ import psycopg2
 import pytest
 
 from enot_builder import pgcluster
+from enot_builder.layout import Layout
 
 from . import http, projects
-from .conftest import eventually_sync, free_port, running_processes, world_readable_tempdir
+from .conftest import GATE, eventually_sync, free_port, running_processes, world_readable_tempdir
 
 SERVER = [sys.executable, "-m", "enot_builder"]
 
@@ -151,7 +152,7 @@ def test_sigterm_requeues_a_build_that_outlives_the_grace(server: Server, make_r
 def test_sigterm_lets_a_short_build_finish(server: Server, make_repo: Any, db_conn: Any,
                                            server_config: Path) -> None:
     server_config.write_text(server_config.read_text().replace("shutdown_grace = 2",
-                                                               "shutdown_grace = 30"))
+                                                               "shutdown_grace = 120"))
     url = make_repo("brief", projects.enot_project("brief", prebuild=["sleep 3"]))
     server.start()
     status, body = http.post(server.port, "/buildAsync", {
@@ -263,7 +264,7 @@ def test_two_servers_on_one_database_claim_distinct_builds(
 def test_sigterm_grace_answers_instead_of_refusing(server: Server, make_repo: Any,
                                                    db_conn: Any, server_config: Path) -> None:
     server_config.write_text(server_config.read_text().replace("shutdown_grace = 2",
-                                                               "shutdown_grace = 6"))
+                                                               "shutdown_grace = 20"))
     url = make_repo("lingering", projects.enot_project("lingering", prebuild=["sleep 45"]))
     request = {"full_name": "tester/lingering", "clone_url": url, "versions": [{"ref": "1.0.0"}]}
     server.start()
@@ -275,7 +276,7 @@ def test_sigterm_grace_answers_instead_of_refusing(server: Server, make_repo: An
     server.proc.send_signal(signal.SIGTERM)
 
     # In the grace: new connections are answered, a request for a build gets 503.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while True:
         status, body = http.post(server.port, "/buildAsync", request)
         if status == 503:
@@ -318,7 +319,7 @@ def test_an_outcome_kept_through_an_outage_is_replayed_after_a_restart(
         own_cluster: pgcluster.Cluster) -> None:
     """The build ends while the database is away, the server dies, both come back."""
     server_config.write_text(server_config.read_text().replace(pg_dsn, own_cluster.dsn))
-    url = make_repo("kept", projects.enot_project("kept", prebuild=["sleep 3"]))
+    url = make_repo("kept", projects.enot_project("kept", prebuild=[GATE]))
     server.start()
     status, body = http.post(server.port, "/buildAsync", {
         "full_name": "tester/kept", "clone_url": url,
@@ -331,7 +332,12 @@ def test_an_outcome_kept_through_an_outage_is_replayed_after_a_restart(
         with conn.cursor() as cur:
             cur.execute("SELECT started_at FROM builds WHERE id = %s", (build_id,))
             started_at = cur.fetchone()[0]
+    # Held at the gate, inside enot: past every write the build makes before it ends,
+    # so that the outage meets only its end.
+    work_dir = Layout(data_dir).work_dir(build_id)
+    eventually_sync(lambda: (work_dir / "held").exists(), f"build {build_id} at the gate", 120)
     own_cluster.stop()
+    (work_dir / "go").touch()
     kept = data_dir / "outcomes" / f"{build_id}.json"
     deadline = time.monotonic() + 120
     while not kept.exists():

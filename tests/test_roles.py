@@ -138,11 +138,16 @@ async def test_one_web_two_workers_build_each_package_once(servers: Any, repos_d
                 assert "[enot-builder] SUCCESS" in await r.text()
 
 
+# Short, so that the killed worker's build is taken over soon; long enough that the
+# survivor, renewing every quarter of it, keeps its own lease on a busy machine.
+LEASE = 10
+
+
 async def test_a_killed_workers_build_is_finished_by_the_other(servers: Any, make_repo: Any,
                                                                db_conn: Any) -> None:
-    web = servers("web", "web", builds={"lease_seconds": 3})
-    first = servers("worker", "worker-1", builds={"workers": 1, "lease_seconds": 3})
-    second = servers("worker", "worker-2", builds={"workers": 1, "lease_seconds": 3})
+    web = servers("web", "web", builds={"lease_seconds": LEASE})
+    first = servers("worker", "worker-1", builds={"workers": 1, "lease_seconds": LEASE})
+    second = servers("worker", "worker-2", builds={"workers": 1, "lease_seconds": LEASE})
     await asyncio.to_thread(up, web, first, second)
     url = make_repo("held", projects.enot_project("held", prebuild=[GATE]))
     async with aiohttp.ClientSession() as session:

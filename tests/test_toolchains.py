@@ -8,7 +8,6 @@ a build ran with; it says nothing about building on a real OTP 24.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import shutil
@@ -25,7 +24,7 @@ from enot_builder.app import create_app
 from enot_builder.keys import CONFIG
 
 from . import projects
-from .conftest import world_readable_tempdir
+from .conftest import eventually, world_readable_tempdir
 
 REAL_ROOT = toolchains.system_erlang_root()
 
@@ -119,11 +118,7 @@ async def test_package_releases_share_one_clone(two_releases: TestClient,
     assert "git clone" not in second_log
     # The shared clone goes once the last build of the family has ended.
     snapshot = Path(two_releases.server.app[CONFIG].storage.data_dir) / "sources" / first["build_id"]
-    for _ in range(50):
-        if not snapshot.exists():
-            break
-        await asyncio.sleep(0.1)
-    assert not snapshot.exists()
+    await eventually(lambda: not snapshot.exists(), f"{snapshot} removed")
 
 
 async def test_no_installed_release_of_the_package(client: TestClient, make_repo: Any) -> None:
@@ -192,10 +187,9 @@ async def test_health_is_503_while_the_database_is_down(
     assert await r.json() == {"result": False,
                               "response": "The database is unavailable; try again shortly"}
     cluster.ensure_started()
-    for _ in range(50):
-        if (await client.get("/health")).status == 200:
-            break
-        await asyncio.sleep(0.2)
+    async def healthy() -> bool:
+        return (await client.get("/health")).status == 200
+    await eventually(healthy, "/health answering 200 after the database is back")
     assert (await client.get("/last_builds")).status == 200
 
 

@@ -17,7 +17,7 @@ from enot_builder.app import create_app
 from enot_builder.github import repository_secret
 
 from . import projects
-from .conftest import wait_for_status
+from .conftest import GATE, open_gate, wait_for_status
 
 SECRET = "webhook-secret-for-tests"
 
@@ -351,7 +351,7 @@ async def test_a_webhook_takes_over_a_binding_made_by_a_dependency_scan(
 
 async def test_queue_lists_builds_in_run_order(make_client: Any, make_repo: Any) -> None:
     client = await make_client(builds__workers=1)
-    slow = make_repo("slowq", projects.enot_project("slowq", prebuild=["sleep 3"]))
+    slow = make_repo("slowq", projects.enot_project("slowq", prebuild=[GATE]))
     r = await client.post("/buildAsync", json={"full_name": "tester/slowq", "clone_url": slow,
                                                "versions": [{"ref": "1.0.0"}]})
     running_id = (await r.json())["response"][0]["build_id"]
@@ -373,6 +373,10 @@ async def test_queue_lists_builds_in_run_order(make_client: Any, make_repo: Any)
     assert [b["position"] for b in listing["builds"]] == [None, 1, 2]
     log = await (await client.get("/build_log", params={"build_id": ids[1]})).text()
     assert "queued at position 2" in log
+    await open_gate(client, running_id)
+    for build_id in (running_id, *ids):
+        build = await wait_for_status(client, build_id, ("succeeded", "failed"))
+        assert build["status"] == "succeeded", build["message"]
 
 
 async def test_git_secret_from_the_environment(aiohttp_client: Any, pg_dsn: str,

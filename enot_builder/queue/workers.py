@@ -230,12 +230,12 @@ class Workers:
             self.announce()
             return
         final = await self.recorder.finish(run.build, outcome)
-        # Whoever waits for this build (/buildSync, the build page) sees its end or retry.
+        if final and self.metrics is not None:
+            self.metrics.record_build(outcome, run.build.erl_version, time.monotonic() - started)
+        # Whoever waits for this build (/buildSync, the build page) sees its end or retry,
+        # counted.
         self.announce()
         if final:
-            if self.metrics is not None:
-                self.metrics.record_build(outcome, run.build.erl_version,
-                                          time.monotonic() - started)
             await self.follow_up(run.build, outcome)
 
     async def _requeue(self, build: Build) -> None:
