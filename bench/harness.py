@@ -346,10 +346,13 @@ class Wrk:
 
     def run(self, url: str, method: str = "GET", body: Any = None,
             connections: int | None = None, duration: int | None = None,
-            watch: Server | None = None) -> WrkResult:
+            watch: Server | None = None,
+            headers: dict[str, str] | None = None) -> WrkResult:
         assert url.startswith(f"http://{HOST}:"), "load goes to 127.0.0.1 only"
         argv = ["wrk", "-t1", f"-c{connections or self.connections}",
                 f"-d{duration or self.duration}s", "--timeout", "10s", "--latency"]
+        for name, value in (headers or {}).items():
+            argv += ["-H", f"{name}: {value}"]
         if method != "GET":
             self._n += 1
             script = self.scripts / f"request{self._n}.lua"
