@@ -291,6 +291,12 @@ include erlang.mk
     assert [dep.name for dep in declared.erlang_mk_deps(makefile)] == ["cowlib", "jsx", "ranch"]
 
 
+def test_makefile_conditionals_split_at_tabs_as_at_spaces() -> None:
+    makefile = (b"PROJECT = gun\nifeq\t($(PROJECT),gun)\nDEPS = ranch\n"
+                b"else\tifeq ($(PROJECT),x)\nDEPS += never\nendif\n")
+    assert declared.makefile_assignments(makefile)["DEPS"] == "ranch"
+
+
 def test_hostile_makefile_is_linear() -> None:
     import time
     started = time.monotonic()

@@ -115,7 +115,7 @@ def makefile_assignments(makefile: bytes) -> dict[str, str]:
         stripped = logical.strip(b" \t")
         if stripped.startswith(b"#"):
             continue
-        word = stripped.split(None, 1)[0] if stripped else b""
+        word = _first_word(stripped)[0]
         if in_define:
             in_define = word != b"endef"
             continue
@@ -158,21 +158,27 @@ class _Branches:
         return not self.stack or (self.stack[-1][0] and self.stack[-1][2])
 
     def line(self, text: bytes, variables: dict[str, str]) -> None:
-        word, _, rest = text.partition(b" ")
+        word, rest = _first_word(text)
         if word in _CONDITIONALS:
-            holds = _condition(word, rest.strip(b" \t").decode(errors="replace"), variables)
+            holds = _condition(word, rest.decode(errors="replace"), variables)
             self.stack.append((self.active, holds, holds))
         elif word == b"else" and self.stack:
             outer, taken, _ = self.stack.pop()
-            chained = rest.strip(b" \t").partition(b" ")
-            if chained[0] in _CONDITIONALS:  # else ifeq (...): the chain goes on
-                holds = not taken and _condition(
-                    chained[0], chained[2].strip(b" \t").decode(errors="replace"), variables)
+            chained, argument = _first_word(rest)
+            if chained in _CONDITIONALS:  # else ifeq (...): the chain goes on
+                holds = not taken and _condition(chained, argument.decode(errors="replace"),
+                                                 variables)
                 self.stack.append((outer, taken or holds, holds))
             else:
                 self.stack.append((outer, True, not taken))
         elif word == b"endif" and self.stack:
             self.stack.pop()
+
+
+def _first_word(text: bytes) -> tuple[bytes, bytes]:
+    """A stripped line's directive and the rest, split at spaces or tabs as make does."""
+    parts = text.split(None, 1)
+    return (parts[0] if parts else b"", parts[1].strip() if len(parts) > 1 else b"")
 
 
 def _condition(word: bytes, argument: str, variables: dict[str, str]) -> bool:
