@@ -47,9 +47,7 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
     no such file (the caller answers the protocol's "No such build"). With the file's
     `sha256`, its ETag is made from it (api/digest.py), whichever way it is sent. A
     file kept in memory is kept under `alias` too (see `from_cache`)."""
-    # A Range request skips the memory cache: the file's response answers it (206),
-    # the cache's would send the whole body. (An object store's stream answers 200.)
-    cache = delivery.cache if hdrs.RANGE not in request.headers else None
+    cache = _memory(request, delivery)
     if cache is not None and (hit := cache.get(key)) is not None:
         if alias is not None:
             cache.alias(alias, key)
@@ -92,10 +90,16 @@ async def respond_with(request: web.Request, storage: Storage, key: str,
 def from_cache(request: web.Request, delivery: Delivery, name: str) -> web.Response | None:
     """The answer kept in memory under `name` (a key or an alias), or None. For what
     never changes under a name, such as a build id's download: no lookup at all."""
-    if delivery.cache is None or hdrs.RANGE in request.headers:
-        return None
-    hit = delivery.cache.get(name)
+    cache = _memory(request, delivery)
+    hit = None if cache is None else cache.get(name)
     return None if hit is None else _from_memory(request, hit.body, hit.headers)
+
+
+def _memory(request: web.Request, delivery: Delivery) -> SmallFileCache | None:
+    """The small-file cache, when it may answer this request. A Range request skips it:
+    the file's response answers it (206), the cache's would send the whole body. (An
+    object store's stream answers 200.)"""
+    return delivery.cache if hdrs.RANGE not in request.headers else None
 
 
 def _etag(key: str, size: int, sha256: str | None = None) -> str:
