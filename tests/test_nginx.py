@@ -7,13 +7,26 @@ import base64
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp
 
 from .conftest import build_hello, world_readable_tempdir
 from .nginx import nginx_in_front
 from .test_enot_client import client_config, enot
+
+
+async def three_downloads(session: aiohttp.ClientSession, url: str,
+                          body: bytes) -> list[Mapping[str, str]]:
+    """GET `url` three times in a row (a miss, then the front's cache); each answers
+    `body`. Their headers."""
+    answers = []
+    for _ in range(3):
+        async with session.get(url) as r:
+            assert r.status == 200, await r.text()
+            assert await r.read() == body
+            answers.append(r.headers)
+    return answers
 
 
 async def test_downloads_are_cached_in_front_of_the_server(make_client: Any, make_repo: Any,
@@ -24,15 +37,11 @@ async def test_downloads_are_cached_in_front_of_the_server(make_client: Any, mak
 
     with nginx_in_front(client.server.port, data_dir) as front:
         async with aiohttp.ClientSession() as session:
-            seen = []
-            for _ in range(3):
-                async with session.get(f"{front}/download/{build_id}") as r:
-                    assert r.status == 200, await r.text()
-                    assert await r.read() == direct
-                    seen.append(r.headers["X-Cache-Status"])
-                    assert r.headers["Cache-Control"] == "public, max-age=31536000, immutable"
-                    assert r.headers["Content-Disposition"] == 'attachment; filename="hello.ep"'
-            assert seen == ["MISS", "HIT", "HIT"]
+            answers = await three_downloads(session, f"{front}/download/{build_id}", direct)
+            assert [headers["X-Cache-Status"] for headers in answers] == ["MISS", "HIT", "HIT"]
+            for headers in answers:
+                assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+                assert headers["Content-Disposition"] == 'attachment; filename="hello.ep"'
 
             # A build that does not exist: the client's "No such build" body, passed on.
             async with session.get(f"{front}/download/00000000-0000-0000-0000-000000000000") as r:
@@ -75,14 +84,9 @@ async def test_nginx_sends_local_files_for_the_server(make_client: Any, make_rep
     get = {"full_name": "tester/hello", "versions": [{"ref": "1.0.0", "erl_version": "25"}]}
     with nginx_in_front(client.server.port, data_dir) as front:
         async with aiohttp.ClientSession() as session:
-            seen = []
-            for _ in range(3):
-                async with session.get(f"{front}/download/{build_id}") as r:
-                    assert r.status == 200, await r.text()
-                    assert await r.read() == on_disk
-                    seen.append(r.headers["X-Cache-Status"])
-                    assert r.headers["ETag"] == f'"sha256-{sha256}"'
-            assert seen == ["MISS", "HIT", "HIT"]
+            answers = await three_downloads(session, f"{front}/download/{build_id}", on_disk)
+            assert [headers["X-Cache-Status"] for headers in answers] == ["MISS", "HIT", "HIT"]
+            assert all(headers["ETag"] == f'"sha256-{sha256}"' for headers in answers)
             for _ in range(2):
                 async with session.post(f"{front}/get", json=get) as r:
                     assert r.status == 200, await r.text()
