@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import projects
-from .conftest import GATE, open_gate, require, wait_for_message
+from .conftest import GATE, gate_of, open_gate, require, wait_for_message
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -50,10 +50,12 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-# The build of a commit holding `gate` prints tick 1, then waits until the test opens
-# the gate, then ticks on: the page is seen following a log that is, for certain, still
-# being written.
-GATED = f"if [ -e gate ]; then echo tick 1; {GATE}; fi; echo tick 2"
+# The build of a commit holding `gate` prints tick 1, waits until the test opens the
+# gate, prints tick 2, then waits again until the test touches /build/end: the page is
+# seen following a log that is, for certain, still being written, both before and
+# after new lines reach it (the page reloads itself, by design, once the build ends).
+END = "for i in $(seq 1200); do [ -e /build/end ] && break; sleep 0.1; done"
+GATED = f"if [ -e gate ]; then echo tick 1; {GATE}; echo tick 2; {END}; fi"
 
 
 async def test_search_browse_and_request_a_build(client: TestClient, make_repo: Any,
@@ -124,6 +126,7 @@ async def test_search_browse_and_request_a_build(client: TestClient, make_repo: 
     await open_gate(client, build_id)
     await expect(page.locator("#log")).to_contain_text("tick 2", timeout=60_000)
     assert await page.evaluate("window.sameDocument === true"), "the page was reloaded"
+    (gate_of(client, build_id) / "end").touch()
     await expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
     await expect(page.locator("#log")).to_contain_text("SUCCESS")
     await expect(page.locator("#download")).to_have_text("hello.ep")
