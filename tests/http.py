@@ -8,12 +8,13 @@ import urllib.request
 from typing import Any
 
 
-def request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def request(port: int, method: str, path: str, body: Any = None,
+            timeout: float = 30) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, _decode(r.read())
     except urllib.error.HTTPError as e:
         return e.code, _decode(e.read())
@@ -30,5 +31,5 @@ def get(port: int, path: str) -> tuple[int, Any]:
     return request(port, "GET", path)
 
 
-def post(port: int, path: str, body: Any) -> tuple[int, Any]:
-    return request(port, "POST", path, body)
+def post(port: int, path: str, body: Any, timeout: float = 30) -> tuple[int, Any]:
+    return request(port, "POST", path, body, timeout)

@@ -158,7 +158,8 @@ async def test_pins_at_foreign_urls_bind_nothing_an_owner_cannot_take_back(
     # With network, so that enot may clone the pins this server does not build.
     client = await make_client(git__rewrites={
         "https://github.com/": f"file://{repos_dir}/",
-        "https://gitlab.com/": f"file://{repos_dir}/gitlab/"}, builds__network=True)
+        "https://gitlab.com/": f"file://{repos_dir}/gitlab/"}, builds__network=True,
+        builds__retry_delay=1)  # a failed network set-up is retried soon
 
     async def build(full_name: str) -> str:
         r = await client.post("/buildSync", json={

@@ -218,7 +218,9 @@ def probe_results(log: str) -> dict[str, str]:
 
 async def run_probe(make_client: Any, make_repo: Any, pg_dsn: str, services: HostServices,
                     network: bool, remote: tuple[str, int] | None) -> dict[str, str]:
-    client = await make_client(builds__network=network, builds__workers=1)
+    # A failed network set-up is retried: soon, so that a second try fits the wait.
+    client = await make_client(builds__network=network, builds__workers=1,
+                               builds__retry_delay=1)
     own_port = client.server.port
     tcp = [f"127.0.0.1:{services.loopback_port}", "127.0.0.1:5432", f"127.0.0.1:{own_port}",
            f"10.0.2.2:{services.loopback_port}", f"10.0.2.2:{own_port}"]

@@ -279,7 +279,7 @@ async def test_kept_outcomes_are_replayed_at_start_before_orphans_are_requeued(
     mailer = FakeMailer()
     queue = make_queue(pool, config, builder, mailer)
     await queue.start()
-    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(started.wait(), 30)  # after the watchdog's first sweep
     await queue.stop(0)
 
     row = await row_of(pool, kept)

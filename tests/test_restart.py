@@ -270,7 +270,9 @@ def test_sigterm_grace_answers_instead_of_refusing(server: Server, make_repo: An
     server.start()
     answers: dict[str, tuple[int, Any]] = {}
     waiting = threading.Thread(
-        target=lambda: answers.update(sync=http.post(server.port, "/buildSync", request)))
+        # Answered only after the 20 s grace: well past the default 30 s would be a hang.
+        target=lambda: answers.update(sync=http.post(server.port, "/buildSync", request,
+                                                     timeout=120)))
     waiting.start()
     build_id = wait_for_build(db_conn, "lingering", "running")
     server.proc.send_signal(signal.SIGTERM)
@@ -289,7 +291,8 @@ def test_sigterm_grace_answers_instead_of_refusing(server: Server, make_repo: An
     assert http.get(server.port, "/last_builds")[0] == 200  # reading still works
 
     # The build outlives the grace: the waiting /buildSync is told so, not a 500.
-    waiting.join(timeout=60)
+    waiting.join(timeout=120)
+    assert "sync" in answers, "the waiting /buildSync was never answered"
     status, body = answers["sync"]
     assert status == 503, body
     assert body["response"].startswith("The server is shutting down before 1 of 1 builds "
