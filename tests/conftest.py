@@ -316,16 +316,24 @@ async def open_gate(client: TestClient, build_id: str) -> None:
     await open_gate_in(gate_of(client, build_id))
 
 
+async def hold_the_worker(client: TestClient, make_repo: Callable[..., str],
+                          name: str = "slow") -> str:
+    """On a one-worker server: build tester/`name`, held running at GATE (open_gate lets
+    it end), so that what is asked for next stays queued; its id."""
+    url = make_repo(name, projects.enot_project(name, prebuild=[GATE]))
+    r = await client.post("/buildAsync", json={"full_name": f"tester/{name}", "clone_url": url,
+                                               "versions": [{"ref": "1.0.0"}]})
+    build_id = (await r.json())["response"][0]["build_id"]
+    await held_at_gate(gate_of(client, build_id))
+    return build_id
+
+
 async def one_running_one_queued(client: TestClient,
                                  make_repo: Callable[..., str]) -> tuple[str, str]:
     """On a one-worker server: a build held running at GATE (open_gate lets it end), and
     one queued behind it."""
-    slow = make_repo("slow", projects.enot_project("slow", prebuild=[GATE]))
+    slow_id = await hold_the_worker(client, make_repo)
     fast = make_repo("fast", projects.enot_project("fast"))
-    r = await client.post("/buildAsync", json={"full_name": "tester/slow", "clone_url": slow,
-                                               "versions": [{"ref": "1.0.0"}]})
-    slow_id = (await r.json())["response"][0]["build_id"]
-    await held_at_gate(gate_of(client, slow_id))
     r = await client.post("/buildAsync", json={"full_name": "tester/fast", "clone_url": fast,
                                                "versions": [{"ref": "1.0.0"}]})
     return slow_id, (await r.json())["response"][0]["build_id"]

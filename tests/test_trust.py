@@ -18,7 +18,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from enot_builder import cli
 
 from . import projects
-from .conftest import GATE, open_gate, wait_for_status
+from .conftest import hold_the_worker, open_gate, wait_for_status
 from .test_webhooks import hooked, signed, tag_created  # noqa: F401 (a fixture)
 
 ADMIN = "operator-token-for-tests"
@@ -190,12 +190,7 @@ async def test_a_check_and_a_rebuild_queued_together_stay_apart(make_client: Any
     client = await make_client(builds__workers=1)
     url = make_repo("twice", projects.enot_project("twice"))
     first = await build(client, "tester/twice", url)
-    held = make_repo("held", projects.enot_project("held", prebuild=[GATE]))
-    r = await client.post("/buildAsync", json={"full_name": "tester/held", "clone_url": held,
-                                               "versions": [{"ref": "1.0.0"}]})
-    held_id = (await r.json())["response"][0]["build_id"]
-    # The one worker is held: what is asked for next stays queued.
-    await wait_for_status(client, held_id, ("running",))
+    held_id = await hold_the_worker(client, make_repo)
 
     async def rebuild(**body: Any) -> dict[str, Any]:
         r = await client.post("/rebuild", json={"build_id": first, **body})

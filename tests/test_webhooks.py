@@ -17,7 +17,7 @@ from enot_builder.app import create_app
 from enot_builder.github import repository_secret
 
 from . import projects
-from .conftest import GATE, open_gate, wait_for_status
+from .conftest import hold_the_worker, open_gate, wait_for_status
 
 SECRET = "webhook-secret-for-tests"
 
@@ -351,11 +351,7 @@ async def test_a_webhook_takes_over_a_binding_made_by_a_dependency_scan(
 
 async def test_queue_lists_builds_in_run_order(make_client: Any, make_repo: Any) -> None:
     client = await make_client(builds__workers=1)
-    slow = make_repo("slowq", projects.enot_project("slowq", prebuild=[GATE]))
-    r = await client.post("/buildAsync", json={"full_name": "tester/slowq", "clone_url": slow,
-                                               "versions": [{"ref": "1.0.0"}]})
-    running_id = (await r.json())["response"][0]["build_id"]
-    await wait_for_status(client, running_id, ("running",))
+    running_id = await hold_the_worker(client, make_repo, "slowq")
     ids = []
     for name in ("q1", "q2"):
         url = make_repo(name, projects.enot_project(name))
