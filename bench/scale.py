@@ -34,6 +34,7 @@ log = logging.getLogger("bench")
 # cache key and the response's headers): 957 bytes for the 5 MB bench artifact.
 CACHE_HEADER = 957
 
+
 def downloads(alone: Server, workdir: Path, wrk: Wrk, erl: str, rounds: int) -> list[Row]:
     """`/download/{id}` of 30 KB and 5 MB through deploy/nginx.conf (in front of a server
     with `accel_redirect` on) and from `alone` (bench_app: the server with its small-file
